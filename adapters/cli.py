@@ -1,0 +1,270 @@
+"""The `artchain` command line. Thin: parse, call the engine or the weight store, report.
+
+Exit codes: 0 every input done; 1 some inputs failed; 2 usage or configuration error.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.table import Table
+
+from artchain.core.errors import ArtchainError, ImageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Plugin-based image-processing chains.")
+weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify weight files.")
+app.add_typer(weights_app, name="weights")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+USAGE_ERROR = 2
+SOME_FAILED = 1
+
+
+class State:
+    config_path: Path | None = None
+    _engine = None
+
+    @classmethod
+    def engine(cls):
+        if cls._engine is None:
+            from artchain.core.config import load_config
+            from artchain.core.engine import Engine
+
+            cls._engine = Engine(load_config(cls.config_path))
+        return cls._engine
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from artchain import __version__
+
+        out.print(f"artchain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config file merged over the bundled one (or ARTCHAIN_CONFIG)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    State.config_path = config
+
+
+def chain_slug(chain: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", chain).strip("-")[:60] or "out"
+
+
+def output_path(source: Path, chain: str, out_dir: Path | None) -> Path:
+    from artchain.core.imageio import FORMATS
+
+    suffix = source.suffix.lower() if source.suffix.lower() in FORMATS else ".png"
+    return (out_dir or source.parent) / f"{source.stem}.{chain_slug(chain)}{suffix}"
+
+
+@app.command()
+def run(
+    chain: Annotated[str, typer.Argument(help='steps such as "neon,upscale" or "resize:width=512,upscale:tile=256"')],
+    inputs: Annotated[list[Path], typer.Argument(help="input images", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="output file (one input only)")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="directory for the outputs")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (default: from config)")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="also write input and output side by side")] = False,
+) -> None:
+    """Run CHAIN on each input; outputs go beside the inputs unless -o/--out-dir say otherwise."""
+    if output and len(inputs) > 1:
+        raise fail("-o/--output takes one input; use --out-dir for several")
+    if output and out_dir:
+        raise fail("give -o/--output or --out-dir, not both")
+    if out_dir and not out_dir.is_dir():
+        raise fail(f"{out_dir}: output directory does not exist")
+    try:
+        engine = State.engine()
+        prepared, target = engine.prepare(chain, device)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"chain: {prepared.describe()}  [dim]on {target}[/dim]")
+    failures = 0
+    for source in inputs:
+        destination = output or output_path(source, chain, out_dir)
+        try:
+            _run_one(engine, prepared, source, destination, device, compare)
+        except ArtchainError as exc:
+            failures += 1
+            err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
+    if failures:
+        err.print(f"{failures} of {len(inputs)} inputs failed")
+        raise typer.Exit(SOME_FAILED)
+
+
+def _run_one(engine, chain, source: Path, destination: Path, device: str | None, compare: bool) -> None:
+    from artchain.core import imageio
+
+    imageio.output_format(destination)
+    if not destination.parent.is_dir():
+        raise ImageError(f"{destination}: output directory {destination.parent} does not exist")
+    picture = imageio.open_image(source, engine.config.limits)
+    with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=err, transient=True) as bars:
+        tasks: dict[int, int] = {}
+
+        def show(index: int, count: int, name: str, fraction: float) -> None:
+            if index not in tasks:
+                tasks[index] = bars.add_task(f"{source.name}: {name} ({index + 1}/{count})", total=1.0)
+            bars.update(tasks[index], completed=fraction)
+
+        result = engine.execute(chain, picture, device=device, progress=show)
+    imageio.save_image(result.image, destination, engine.config.output, picture.exif)
+    steps = ", ".join(f"{t.name} {t.seconds:.2f}s" for t in result.timings)
+    width, height = result.image.size
+    out.print(f"{source} -> {destination} ({width}x{height}; {steps})", soft_wrap=True)
+    if compare:
+        side_by_side = destination.with_name(f"{destination.stem}.compare{destination.suffix}")
+        imageio.save_image(imageio.side_by_side(picture.rgb, result.image), side_by_side, engine.config.output)
+        out.print(f"  comparison -> {side_by_side}")
+
+
+@app.command("list")
+def list_processors() -> None:
+    """Show processors, aliases, presets and the state of their weights."""
+    try:
+        engine = State.engine()
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title="processors", title_justify="left")
+    for column in ("name", "aliases", "parameters", "weights", "description"):
+        table.add_column(column)
+    aliases_of: dict[str, list[str]] = {}
+    for alias, target in {**engine.registry.aliases, **engine.config.aliases}.items():
+        aliases_of.setdefault(target, []).append(alias)
+    for name, processor in sorted(engine.registry.processors.items()):
+        params = " ".join(f"{p.name}={'?' if p.required else p.default}" for p in processor.params)
+        weights = " ".join(f"{w}:{_weight_state(engine.store, w)}" for w in processor.weights) or "-"
+        table.add_row(name, ", ".join(sorted(aliases_of.get(name, []))), params, weights, processor.description)
+    out.print(table)
+    presets = Table(title="presets", title_justify="left")
+    presets.add_column("name")
+    presets.add_column("chain")
+    for name, chain in engine.config.presets.items():
+        presets.add_row(name, chain)
+    out.print(presets)
+    missing = sorted(alias for alias, target in engine.config.aliases.items() if not engine.registry.get(target))
+    if missing:
+        out.print(f"[yellow]aliases without an installed processor:[/yellow] {', '.join(missing)}")
+    for plugin, reason in sorted(engine.registry.broken.items()):
+        out.print(f"[red]plugin {plugin} failed to load:[/red] {reason}", soft_wrap=True)
+
+
+def _weight_state(store, weight_id: str) -> str:
+    try:
+        return store.status(weight_id, check_hash=False).state
+    except ArtchainError:
+        return "unknown"
+
+
+def _store():
+    from artchain.core.config import load_config
+    from artchain.core.weights import WeightStore
+
+    try:
+        return WeightStore(load_config(State.config_path).weights_dir)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """A table of every known weight: present, missing or checksum mismatch, with provenance."""
+    store = _store()
+    table = Table(title=f"weights in {store.directory}", title_justify="left")
+    for column in ("id", "plugin", "state", "file", "licence", "provenance"):
+        table.add_column(column, overflow="fold")
+    for weight_id in sorted({*store.entries, *store.imported()}):
+        status = store.status(weight_id)
+        entry = status.entry
+        colour = {"missing": "yellow", "mismatch": "red"}.get(status.state, "green")
+        provenance = f"imported from {status.imported.source}" if status.imported else (entry.provenance if entry else "")
+        table.add_row(weight_id, entry.plugin if entry else "-", f"[{colour}]{status.state}[/{colour}]",
+                      str(status.path or (entry.file if entry else "")), entry.licence if entry else "-", provenance)
+    out.print(table)
+
+
+@weights_app.command("pull")
+def weights_pull(weight_ids: Annotated[list[str], typer.Argument(help="weight ids (see `artchain weights list`)")]) -> None:
+    """Download (or derive offline) weight files, checking their sha256."""
+    store = _store()
+    failed = 0
+    for weight_id in weight_ids:
+        with Progress(TextColumn(f"  {weight_id}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=err, transient=True) as bars:
+            task = bars.add_task(weight_id, total=None)
+            try:
+                path = store.pull(weight_id, progress=lambda done, total: bars.update(task, completed=done, total=total))
+            except ArtchainError as exc:
+                failed += 1
+                err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
+                continue
+        out.print(f"{weight_id}: {path}")
+    if failed:
+        raise typer.Exit(SOME_FAILED)
+
+
+@weights_app.command("import")
+def weights_import(
+    path: Annotated[Path, typer.Argument(help="a checkpoint file (e.g. a seed's .pth / .tar)")],
+    weight_id: Annotated[str, typer.Option("--as", help="the weight id it fills, e.g. esrgan")],
+) -> None:
+    """Use your own checkpoint for a weight id; its sha256 is recorded."""
+    store = _store()
+    known = set(store.entries) | {w for p in State.engine().registry.processors.values() for w in p.weights}
+    if weight_id not in known:
+        raise fail(f"unknown weight id {weight_id!r} (known: {', '.join(sorted(known))})")
+    try:
+        record = store.import_file(path, weight_id)
+    except ArtchainError as exc:
+        raise fail(str(exc), SOME_FAILED) from None
+    out.print(f"{weight_id}: imported {path} (sha256 {record.sha256[:16]}...)")
+
+
+@weights_app.command("verify")
+def weights_verify() -> None:
+    """Re-hash every present weight file; exit 1 if any differs from its record."""
+    store = _store()
+    bad = 0
+    for weight_id in sorted({*store.entries, *store.imported()}):
+        status = store.status(weight_id)
+        if status.state == "mismatch":
+            bad += 1
+            err.print(f"[red]{weight_id}: {status.detail}[/red] ({status.path})", soft_wrap=True)
+        elif status.state != "missing":
+            out.print(f"{weight_id}: ok ({status.path})")
+    if bad:
+        raise typer.Exit(SOME_FAILED)
+
+
+def _load_plugin_commands() -> None:
+    from artchain.core.plugins import discover
+
+    discover().manager.hook.artchain_cli(app=app)
+
+
+def main() -> None:
+    try:
+        _load_plugin_commands()
+    except ArtchainError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(USAGE_ERROR) from None
+    app()

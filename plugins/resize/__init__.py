@@ -1,0 +1,54 @@
+"""Plain geometry steps: `resize` (to a size or by a scale) and `resize-back` (to the chain input's
+original size). They need no weights and prove the chain path before any model exists."""
+from __future__ import annotations
+
+import torch
+
+from artchain.core.errors import ChainError
+from artchain.core.hookspecs import hookimpl
+from artchain.core.imageops import resize
+from artchain.core.processor import Param, Processor, StepContext
+
+MAX_SIDE = 65536
+
+
+class Resize(Processor):
+    name = "resize"
+    description = "Resize to a width and/or height (keeping the aspect when one is 0) or by a scale."
+    params = (
+        Param("width", int, 0, "target width in px; 0 = follow the aspect ratio", min=0, max=MAX_SIDE),
+        Param("height", int, 0, "target height in px; 0 = follow the aspect ratio", min=0, max=MAX_SIDE),
+        Param("scale", float, 0.0, "multiply both sides by this; 0 = use width/height", min=0, max=64),
+    )
+
+    @classmethod
+    def parse_params(cls, given):
+        values = super().parse_params(given)
+        if not (values["width"] or values["height"] or values["scale"]):
+            raise ChainError("resize: give width, height or scale (e.g. resize:width=512)")
+        if values["scale"] and (values["width"] or values["height"]):
+            raise ChainError("resize: give either scale or width/height, not both")
+        return values
+
+    def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
+        height, width = batch.shape[-2:]
+        if params["scale"]:
+            new_height, new_width = round(height * params["scale"]), round(width * params["scale"])
+        else:
+            new_width = params["width"] or round(width * params["height"] / height)
+            new_height = params["height"] or round(height * params["width"] / width)
+        return resize(batch, max(1, new_height), max(1, new_width))
+
+
+class ResizeBack(Processor):
+    name = "resize-back"
+    description = "Return to the chain input's original size (antialiased when shrinking)."
+
+    def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
+        width, height = ctx.original_size
+        return resize(batch, height, width)
+
+
+@hookimpl
+def artchain_processors():
+    return [Resize, ResizeBack]

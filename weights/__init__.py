@@ -1,0 +1,1 @@
+"""Weight files and their manifest; installed as package data of `artchain.weights`."""
