@@ -177,7 +177,7 @@ class Engine:
         if isinstance(image, (str, Path)):
             picture = imageio.open_image(image, self.config.limits)
         else:
-            picture = imageio.from_pil(image)
+            picture = imageio.from_pil(image, self.config.limits)
         return self.execute(chain_text, picture, **options).image
 
 

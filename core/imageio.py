@@ -76,10 +76,7 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Picture:
             # Pillow warns below its hard bomb limit; treat that as the refusal it announces.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ImageError(f"{name}: {width}x{height} is over the limit of "
-                                 f"{limits.max_pixels} pixels")
+            _check_pixels(image, limits, name)  # from the header, before any pixel is decoded
             image.load()
     except ImageError:
         raise
@@ -94,10 +91,17 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Picture:
     return _to_picture(image)
 
 
-def from_pil(image: Image.Image) -> Picture:
-    """A Picture from an already-open PIL image (Python API callers)."""
+def from_pil(image: Image.Image, limits: Limits) -> Picture:
+    """A Picture from an already-open PIL image (Python API callers), under the same limits."""
+    _check_pixels(image, limits, "image")
     image.load()
     return _to_picture(image)
+
+
+def _check_pixels(image: Image.Image, limits: Limits, name: str) -> None:
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageError(f"{name}: {width}x{height} is over the limit of {limits.max_pixels} pixels")
 
 
 def _to_picture(image: Image.Image) -> Picture:

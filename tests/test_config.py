@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from artchain.core.config import load_config
+from artchain.core.errors import ConfigError
+
+
+def test_bundled_config_is_valid_and_has_the_neon_preset():
+    config = load_config(environ={})
+    assert config.presets["neon,upscale"] == "pix2pix-neon,esrgan,resize-back"
+    assert config.aliases["upscale"] == "esrgan"
+
+
+def test_user_file_merges_over_bundled(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("limits:\n  max_pixels: 1000\naliases:\n  big: esrgan\n")
+    config = load_config(user, environ={})
+    assert config.limits.max_pixels == 1000
+    assert config.limits.max_bytes > 0  # untouched keys keep the bundled values
+    assert config.aliases["big"] == "esrgan" and config.aliases["upscale"] == "esrgan"
+
+
+def test_environment_overrides_paths_and_secrets(tmp_path):
+    config = load_config(environ={"ARTCHAIN_DEVICE": "cpu", "ARTCHAIN_WEIGHTS_DIR": str(tmp_path),
+                                  "ARTCHAIN_TELEGRAM_TOKEN": "123:abc"})
+    assert (config.device, config.weights_dir, config.telegram.token) == ("cpu", tmp_path, "123:abc")
+    assert "123:abc" not in repr(config)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("limits:\n  max_pixels: -5\n", "limits.max_pixels: Input should be greater than 0"),
+    ("device: tpu\n", "device: must be auto, cpu, cuda or cuda:N"),
+    ("limitz: {}\n", "limitz: Extra inputs are not permitted"),
+    ("output:\n  jpeg_quality: 101\n", "output.jpeg_quality"),
+    ("limits: [1, 2\n", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping"),
+])
+def test_errors_name_the_key(tmp_path, text, message):
+    user = tmp_path / "bad.yaml"
+    user.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(user, environ={})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml", environ={})

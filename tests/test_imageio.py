@@ -1,0 +1,135 @@
+"""Image I/O: every kind of input converted, limits enforced, outputs written atomically."""
+from __future__ import annotations
+
+import io
+import zlib
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artchain.core import imageio
+from artchain.core.config import Limits, Output
+from artchain.core.errors import ImageError
+
+LIMITS = Limits()
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (40, 20), "red")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: a viewer rotates it 90 degrees
+    picture = imageio.decode_image(encode(image, "JPEG", exif=exif.tobytes()), LIMITS)
+    assert picture.size == (20, 40)
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "LA", "CMYK", "I;16", "RGBA", "1"])
+def test_every_mode_becomes_rgb(mode):
+    base = Image.linear_gradient("L").resize((24, 16))
+    if mode == "I;16":
+        image = Image.fromarray(np.asarray(base, dtype=np.uint16) * 257).convert("I;16")
+    else:
+        image = base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    picture = imageio.decode_image(encode(image, fmt), LIMITS)
+    assert picture.rgb.mode == "RGB" and picture.size == (24, 16)
+    if mode == "I;16":  # 16-bit values scale down to the full 8-bit range, not clipped to white
+        grey = np.asarray(picture.rgb.getchannel("R"), dtype=int)
+        assert np.abs(grey - np.asarray(base, dtype=int)).max() <= 1
+
+
+def test_alpha_is_kept_through_png_and_flattened_for_jpeg():
+    image = Image.new("RGBA", (10, 10), (0, 0, 255, 255))
+    image.putpixel((0, 0), (0, 0, 255, 0))
+    picture = imageio.decode_image(encode(image), LIMITS)
+    assert picture.alpha is not None
+    result = imageio.finish(picture, picture.rgb.resize((20, 20)))
+    assert result.mode == "RGBA" and result.getpixel((0, 0))[3] < 128 and result.getpixel((19, 19))[3] == 255
+    jpeg = Image.open(io.BytesIO(imageio.encode_image(result, "JPEG", Output())))
+    assert jpeg.mode == "RGB" and jpeg.getpixel((0, 0))[0] > 200  # composited onto white
+
+
+def test_opaque_alpha_is_dropped():
+    picture = imageio.decode_image(encode(Image.new("RGBA", (4, 4), (1, 2, 3, 255))), LIMITS)
+    assert picture.alpha is None
+
+
+def test_gps_and_exif_are_not_copied_unless_asked(tmp_path):
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    exif[0x8825] = {1: "N", 2: (55.0, 45.0, 0.0)}
+    picture = imageio.decode_image(encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif.tobytes()), LIMITS)
+    plain = imageio.save_image(picture.rgb, tmp_path / "plain.jpg", Output(), picture.exif)
+    assert b"CameraMaker" not in plain.read_bytes()
+    kept = imageio.save_image(picture.rgb, tmp_path / "kept.jpg", Output(keep_metadata=True), picture.exif)
+    assert b"CameraMaker" in kept.read_bytes()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming a huge grayscale image, with a tiny compressed body."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not an image file"),
+    (bomb_png(30000, 30000), "refused as a decompression bomb"),
+    (bomb_png(8000, 8000), "8000x8000 is over the limit of 50000000 pixels"),
+])
+def test_bad_bytes_are_refused(data, message):
+    with pytest.raises(ImageError, match=message):
+        imageio.decode_image(data, LIMITS)
+
+
+def test_pillow_bomb_guard_stays_on_when_limits_are_raised():
+    with pytest.raises(ImageError, match="decompression bomb"):
+        imageio.decode_image(bomb_png(30000, 30000), Limits(max_pixels=10**12))
+
+
+def test_truncated_jpeg_is_damaged():
+    data = encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+    with pytest.raises(ImageError, match="damaged image"):
+        imageio.decode_image(data[: len(data) // 2], LIMITS)
+
+
+def test_byte_limit():
+    with pytest.raises(ImageError, match="bytes is over the limit of 10"):
+        imageio.decode_image(encode(Image.new("RGB", (8, 8))), Limits(max_bytes=10))
+
+
+def test_tensor_round_trip_is_exact():
+    image = Image.effect_noise((33, 17), 80).convert("RGB")
+    assert imageio.to_image(imageio.to_tensor(image)).tobytes() == image.tobytes()
+
+
+@pytest.mark.parametrize("name, fmt", [("a.png", "PNG"), ("a.JPG", "JPEG"), ("a.jpeg", "JPEG"), ("a.webp", "WEBP")])
+def test_format_follows_extension(tmp_path, name, fmt):
+    path = imageio.save_image(Image.new("RGB", (8, 8)), tmp_path / name, Output())
+    assert Image.open(path).format == fmt
+
+
+def test_save_refuses_unknown_format_and_missing_dir(tmp_path):
+    with pytest.raises(ImageError, match="unknown output format .gif"):
+        imageio.save_image(Image.new("RGB", (8, 8)), tmp_path / "a.gif", Output())
+    with pytest.raises(ImageError, match="does not exist"):
+        imageio.save_image(Image.new("RGB", (8, 8)), tmp_path / "nope" / "a.png", Output())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_leaves_no_partial_file(tmp_path):
+    (tmp_path / "out.png").mkdir()  # a directory where the file should go: the rename fails
+    with pytest.raises(ImageError, match="out.png: cannot write"):
+        imageio.save_image(Image.new("RGB", (8, 8)), tmp_path / "out.png", Output())
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    assert (tmp_path / "out.png").is_dir()
