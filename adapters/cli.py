@@ -203,9 +203,17 @@ def weights_list() -> None:
 
 
 @weights_app.command("pull")
-def weights_pull(weight_ids: Annotated[list[str], typer.Argument(help="weight ids (see `artchain weights list`)")]) -> None:
+def weights_pull(
+    weight_ids: Annotated[Optional[list[str]], typer.Argument(help="weight ids (see `artchain weights list`)")] = None,
+    derivable: Annotated[bool, typer.Option("--derivable", help="also every weight that can be built offline")] = False,
+) -> None:
     """Download (or derive offline) weight files, checking their sha256."""
     store = _store()
+    weight_ids = list(weight_ids or [])
+    if derivable:
+        weight_ids += [entry.id for entry in store.entries.values() if entry.derive and entry.id not in weight_ids]
+    if not weight_ids and not derivable:
+        raise fail("name the weight ids to pull, or pass --derivable")
     failed = 0
     for weight_id in weight_ids:
         with Progress(TextColumn(f"  {weight_id}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
