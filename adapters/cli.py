@@ -175,6 +175,36 @@ def _weight_state(store, weight_id: str) -> str:
         return "unknown"
 
 
+@app.command()
+def bot() -> None:
+    """Run the Telegram bot: long polling, or a webhook when telegram.webhook.url is set (docs/telegram.md)."""
+    import asyncio
+
+    from aiogram.utils.token import TokenValidationError
+
+    from artchain.adapters.telegram import serve
+    from artchain.core.config import load_config
+    from artchain.core.jobs import LocalExecutor
+
+    try:
+        token = load_config(State.config_path).telegram.token
+        if not token:
+            raise fail("no Telegram token: set ARTCHAIN_TELEGRAM_TOKEN (or telegram.token in your config)")
+        engine = State.engine()
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    settings = engine.config.telegram
+    executor = LocalExecutor(engine, settings.workers, settings.max_queue)
+    try:
+        asyncio.run(serve(token, engine.config, engine.parser, executor))
+    except TokenValidationError:
+        raise fail("the Telegram token is malformed; copy it again from @BotFather") from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        executor.shutdown()
+
+
 def _store():
     from artchain.core.config import load_config
     from artchain.core.weights import WeightStore
@@ -261,6 +291,48 @@ def weights_verify() -> None:
             out.print(f"{weight_id}: ok ({status.path})")
     if bad:
         raise typer.Exit(SOME_FAILED)
+
+
+@app.command()
+def watch(
+    directory: Annotated[Path, typer.Argument(help="folder that gets inbox/, work/, outbox/, done/, failed/")],
+    chain: Annotated[Optional[str], typer.Option(help="chain for files dropped straight into inbox/ (default: config watch.chain)")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(min=1, help="files processed at once (default: config watch.concurrency)")] = None,
+) -> None:
+    """Process every image dropped into DIRECTORY/inbox/ until SIGINT/SIGTERM (twice: release at once)."""
+    import asyncio
+    import signal
+
+    from artchain.adapters.watch import Folders, Watcher
+    from artchain.core.jobs import LocalExecutor
+
+    try:
+        engine = State.engine()
+        chain = chain or engine.config.watch.chain
+        if chain:
+            engine.prepare(chain)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    if directory.exists() and not directory.is_dir():
+        raise fail(f"{directory}: not a directory")
+    workers = concurrency or engine.config.watch.concurrency
+    executor = LocalExecutor(engine, workers=workers, max_jobs=workers)
+    watcher = Watcher(Folders(directory), executor, chain, workers, engine.config.watch.settle_seconds,
+                      say=lambda line: out.print(line, soft_wrap=True, markup=False))
+
+    async def serve() -> None:
+        stop, release = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:
+            (release if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal)
+        await watcher.run(stop, release)
+
+    asyncio.run(serve())
+    executor.shutdown()
 
 
 def _load_plugin_commands() -> None:

@@ -40,8 +40,33 @@ class Output(Section):
     keep_metadata: bool = False
 
 
+class Webhook(Section):
+    url: str | None = None  # public HTTPS URL Telegram posts to; empty = long polling
+    host: str = "0.0.0.0"
+    port: int = Field(8080, gt=0, lt=65536)
+    path: str = "/telegram"
+    secret: str | None = Field(None, repr=False)
+
+
 class Telegram(Section):
     token: str | None = Field(None, repr=False)
+    api_url: str | None = None  # a self-hosted Bot API server; empty = api.telegram.org
+    allowed_users: list[int] = []  # empty = everyone may use the bot
+    jobs_per_user: int = Field(2, gt=0)  # running or queued at once
+    jobs_per_minute: int = Field(6, gt=0)
+    workers: int = Field(1, gt=0)
+    max_queue: int = Field(32, gt=0)  # jobs held by the whole bot; beyond it users are asked to wait
+    max_download_bytes: int = Field(20 * 1024 * 1024, gt=0)  # the Bot API's download limit
+    status_interval: float = Field(1.0, ge=0)  # seconds between edits of one status message
+    chains: list[str] = ["neon", "neon,upscale", "upscale", "cubism", "renaissance", "expressionism", "nst"]
+    offer_presets: bool = True  # every preset from `presets` gets a button too
+    webhook: Webhook = Webhook()
+
+
+class Watch(Section):
+    chain: str | None = None
+    concurrency: int = Field(2, ge=1, le=64)
+    settle_seconds: float = Field(1.0, gt=0)
 
 
 class Config(Section):
@@ -55,6 +80,7 @@ class Config(Section):
     aliases: dict[str, str] = {}
     presets: dict[str, str] = {}
     telegram: Telegram = Telegram()
+    watch: Watch = Watch()
 
     @field_validator("device")
     @classmethod
