@@ -83,6 +83,7 @@ def run(
     out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="directory for the outputs")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (default: from config)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="also write input and output side by side")] = False,
+    remote: Annotated[bool, typer.Option("--remote", help="run on queue workers (config `queue`) instead of here")] = False,
 ) -> None:
     """Run CHAIN on each input; outputs go beside the inputs unless -o/--out-dir say otherwise."""
     if output and len(inputs) > 1:
@@ -93,15 +94,19 @@ def run(
         raise fail(f"{out_dir}: output directory does not exist")
     try:
         engine = State.engine()
-        prepared, target = engine.prepare(chain, device)
+        if remote:  # the workers hold the weights; here the chain's text is checked
+            prepared, where = engine.parser.parse(chain), f"queue {engine.config.queue.name}"
+        else:
+            prepared, where = engine.prepare(chain, device)
     except ArtchainError as exc:
         raise fail(str(exc)) from None
-    out.print(f"chain: {prepared.describe()}  [dim]on {target}[/dim]")
+    out.print(f"chain: {prepared.describe()}  [dim]on {where}[/dim]")
+    runner = _remote_runner(engine, chain, device) if remote else _local_runner(engine, prepared, device)
     failures = 0
     for source in inputs:
         destination = output or output_path(source, chain, out_dir)
         try:
-            _run_one(engine, prepared, source, destination, device, compare)
+            _run_one(engine, runner, source, destination, compare)
         except ArtchainError as exc:
             failures += 1
             err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
@@ -110,30 +115,58 @@ def run(
         raise typer.Exit(SOME_FAILED)
 
 
-def _run_one(engine, chain, source: Path, destination: Path, device: str | None, compare: bool) -> None:
+def _local_runner(engine, chain, device):
+    """Runs a picture here, with a progress bar per step."""
+    def run_here(source: Path, picture):
+        with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TimeElapsedColumn(), console=err, transient=True) as bars:
+            tasks: dict[int, int] = {}
+
+            def show(index: int, count: int, name: str, fraction: float) -> None:
+                if index not in tasks:
+                    tasks[index] = bars.add_task(f"{source.name}: {name} ({index + 1}/{count})", total=1.0)
+                bars.update(tasks[index], completed=fraction)
+
+            result = engine.execute(chain, picture, device=device, progress=show)
+        return result.image, [(t.name, t.seconds) for t in result.timings]
+    return run_here
+
+
+def _remote_runner(engine, chain: str, device):
+    """Sends the file's bytes to the queue and waits for the workers' result."""
+    import asyncio
+    import io
+
+    from PIL import Image
+
+    from artchain.core.jobs import JobRequest
+    from artchain.core.queue import CeleryExecutor
+
+    executor = CeleryExecutor(engine.config)
+
+    def run_remotely(source: Path, picture):
+        request = JobRequest(chain, source.read_bytes(), "PNG", source.name, device)
+        result = asyncio.run(executor.submit(request))
+        image = Image.open(io.BytesIO(result.image))
+        image.load()
+        return image, [(result.chain, result.seconds)]
+    return run_remotely
+
+
+def _run_one(engine, runner, source: Path, destination: Path, compare: bool) -> None:
     from artchain.core import imageio
 
     imageio.output_format(destination)
     if not destination.parent.is_dir():
         raise ImageError(f"{destination}: output directory {destination.parent} does not exist")
     picture = imageio.open_image(source, engine.config.limits)
-    with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=err, transient=True) as bars:
-        tasks: dict[int, int] = {}
-
-        def show(index: int, count: int, name: str, fraction: float) -> None:
-            if index not in tasks:
-                tasks[index] = bars.add_task(f"{source.name}: {name} ({index + 1}/{count})", total=1.0)
-            bars.update(tasks[index], completed=fraction)
-
-        result = engine.execute(chain, picture, device=device, progress=show)
-    imageio.save_image(result.image, destination, engine.config.output, picture.exif)
-    steps = ", ".join(f"{t.name} {t.seconds:.2f}s" for t in result.timings)
-    width, height = result.image.size
-    out.print(f"{source} -> {destination} ({width}x{height}; {steps})", soft_wrap=True)
+    image, timings = runner(source, picture)
+    imageio.save_image(image, destination, engine.config.output, picture.exif)
+    steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings)
+    out.print(f"{source} -> {destination} ({image.width}x{image.height}; {steps})", soft_wrap=True)
     if compare:
         side_by_side = destination.with_name(f"{destination.stem}.compare{destination.suffix}")
-        imageio.save_image(imageio.side_by_side(picture.rgb, result.image), side_by_side, engine.config.output)
+        imageio.save_image(imageio.side_by_side(picture.rgb, image), side_by_side, engine.config.output)
         out.print(f"  comparison -> {side_by_side}")
 
 
@@ -304,7 +337,7 @@ def watch(
     import signal
 
     from artchain.adapters.watch import Folders, Watcher
-    from artchain.core.jobs import LocalExecutor
+    from artchain.core.jobs import executor_from_config
 
     try:
         engine = State.engine()
@@ -316,7 +349,7 @@ def watch(
     if directory.exists() and not directory.is_dir():
         raise fail(f"{directory}: not a directory")
     workers = concurrency or engine.config.watch.concurrency
-    executor = LocalExecutor(engine, workers=workers, max_jobs=workers)
+    executor = executor_from_config(engine, workers=workers, max_jobs=workers)
     watcher = Watcher(Folders(directory), executor, chain, workers, engine.config.watch.settle_seconds,
                       say=lambda line: out.print(line, soft_wrap=True, markup=False))
 
@@ -333,6 +366,23 @@ def watch(
 
     asyncio.run(serve())
     executor.shutdown()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[Optional[int], typer.Option(min=1, help="jobs at once (default: config queue.worker_concurrency)")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    name: Annotated[Optional[str], typer.Option(help="worker name, e.g. gpu1@%h (default: celery@HOST)")] = None,
+) -> None:
+    """Run a queue worker: takes jobs from the Celery/Redis queue (config `queue`), preloading models."""
+    from artchain.core.config import load_config
+    from artchain.core.queue import run_worker
+
+    try:
+        config = load_config(State.config_path)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    run_worker(config, concurrency, loglevel, name)
 
 
 def _load_plugin_commands() -> None:

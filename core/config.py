@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -22,6 +22,8 @@ ENV_OVERRIDES = {
     "ARTCHAIN_WEIGHTS_DIR": "weights_dir",
     "ARTCHAIN_MODEL_CACHE_MB": "model_cache_mb",
     "ARTCHAIN_TELEGRAM_TOKEN": "telegram.token",
+    "ARTCHAIN_EXECUTOR": "executor",
+    "ARTCHAIN_BROKER_URL": "queue.broker_url",
 }
 
 
@@ -63,6 +65,19 @@ class Telegram(Section):
     webhook: Webhook = Webhook()
 
 
+class Queue(Section):
+    broker_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
+    result_backend: str | None = Field(None, repr=False)  # empty = the broker
+    name: str = "artchain"
+    time_limit: int = Field(600, gt=5)  # seconds a job may run on a worker
+    visibility_timeout: int = Field(3600, gt=0)  # seconds before a vanished worker's job is redelivered
+    result_expires: int = Field(3600, gt=0)
+    max_result_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    max_in_flight: int = Field(256, gt=0)  # jobs one client may wait on at once
+    worker_concurrency: int = Field(1, gt=0)
+    preload: list[str] = []  # chains whose models a worker loads before its first job
+
+
 class Watch(Section):
     chain: str | None = None
     concurrency: int = Field(2, ge=1, le=64)
@@ -81,6 +96,8 @@ class Config(Section):
     presets: dict[str, str] = {}
     telegram: Telegram = Telegram()
     watch: Watch = Watch()
+    executor: Literal["local", "celery"] = "local"
+    queue: Queue = Queue()
 
     @field_validator("device")
     @classmethod

@@ -158,3 +158,12 @@ class LocalExecutor:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def executor_from_config(engine, workers: int, max_jobs: int):
+    """The executor `config.executor` names: this process's thread pool, or the Celery queue."""
+    if engine.config.executor == "celery":
+        from .queue import CeleryExecutor
+
+        return CeleryExecutor(engine.config)
+    return LocalExecutor(engine, workers, max_jobs)
