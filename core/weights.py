@@ -188,7 +188,7 @@ class WeightStore:
                 if check_hash and self._hash_changed(path, entry.sha256):
                     return WeightStatus(weight_id, "mismatch", path, entry,
                                         detail=f"sha256 differs from the manifest; run {entry.get_command}")
-                return WeightStatus(weight_id, "present" if folder == self.directory else state, path, entry)
+                return WeightStatus(weight_id, state, path, entry)
         return WeightStatus(weight_id, "missing", None, entry)
 
     def _hash_changed(self, path: Path, expected: str) -> bool:
