@@ -58,7 +58,8 @@ def discover(extra_plugins: Iterable[object] = ()) -> Registry:
             registry.broken[entry_point.name] = f"{type(exc).__name__}: {exc}"
             log.warning("plugin %s skipped: %s", entry_point.name, exc)
     for plugin in extra_plugins:
-        manager.register(plugin)
+        if not manager.is_registered(plugin):  # an installed plugin may also be passed explicitly
+            manager.register(plugin)
     for plugin_name, provided in _each_plugin_result(manager, registry):
         for cls in provided or ():
             problem = _check_processor(cls)
