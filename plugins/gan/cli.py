@@ -1,0 +1,81 @@
+"""`artchain train cyclegan` and `artchain train pix2pix`: parse options, call training, report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+train_app = typer.Typer(help="Train GAN styles and export them as artchain weights.", no_args_is_help=True)
+
+_COMMON = {
+    "iterations": typer.Option(2000, min=1, help="Optimiser steps in all (a resumed run continues to it)."),
+    "batch_size": typer.Option(1, min=1, help="Images per step."),
+    "lr": typer.Option(2e-4, min=0.0, help="Adam learning rate."),
+    "sample_every": typer.Option(200, min=1, help="Write a sample grid every N iterations."),
+    "checkpoint_every": typer.Option(200, min=1, help="Save a resumable checkpoint every N iterations."),
+    "seed": typer.Option(0, help="Seed for initialisation, crops and the image pool."),
+    "export": typer.Option(None, help="Where to write the fp16 safetensors (default: OUT/ID.safetensors)."),
+    "note": typer.Option("", help="What the data is; goes into the manifest entry's provenance."),
+}
+
+
+def _run(trainer_factory, options) -> None:
+    from artchain.core.errors import ArtchainError
+
+    from .training import seeded_generator, train
+
+    try:
+        train(trainer_factory(seeded_generator(options.seed)), options)
+    except ArtchainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@train_app.command()
+def cyclegan(
+    photos: Path = typer.Option(..., help="Folder of photos (domain the generator reads)."),
+    paintings: Path = typer.Option(..., help="Folder of paintings in the style (unpaired)."),
+    style: str = typer.Option(..., help="Style name; the weights are exported as cyclegan-STYLE."),
+    out: Path = typer.Option(None, help="Run folder: checkpoint, samples, export (default runs/cyclegan-STYLE)."),
+    width: int = typer.Option(32, min=1, help="Generator/critic width (init_nc); the seed's is 32."),
+    crop: int = typer.Option(128, min=16, help="Training crop side, a multiple of 16."),
+    cycle_weight: float = typer.Option(10.0, min=0.0, help="Weight of the cycle-consistency L1 loss."),
+    identity_weight: float = typer.Option(0.5, min=0.0, help="Identity L1 loss weight, relative to --cycle-weight."),
+    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
+    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
+    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
+    export: Path = _COMMON["export"], note: str = _COMMON["note"],
+) -> None:
+    """CycleGAN: photos -> paintings, unpaired (resumes from OUT/checkpoint.pt when present)."""
+    from .training import CycleGanTrainer, TrainOptions
+
+    weight_id = f"cyclegan-{style}"
+    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
+                           lr, sample_every, checkpoint_every, seed, export, note)
+    _run(lambda generator: CycleGanTrainer(photos, paintings, options, generator, cycle_weight, identity_weight),
+         options)
+
+
+@train_app.command()
+def pix2pix(
+    source: Path = typer.Option(..., help="Folder of input images."),
+    target: Path = typer.Option(..., help="Folder of target images; pairs are matched by file name."),
+    name: str = typer.Option("neon", help="Style name; the weights are exported as pix2pix-NAME."),
+    out: Path = typer.Option(None, help="Run folder: checkpoint, samples, export (default runs/pix2pix-NAME)."),
+    width: int = typer.Option(64, min=1, help="Generator/critic width (features); the seed's is 64."),
+    crop: int = typer.Option(256, min=256, help="Training crop side, a multiple of 256."),
+    grayscale: bool = typer.Option(True, help="Feed the source as grayscale, as pix2pix-neon does."),
+    l1_weight: float = typer.Option(100.0, min=0.0, help="Weight of the L1 loss to the target."),
+    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
+    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
+    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
+    export: Path = _COMMON["export"], note: str = _COMMON["note"],
+) -> None:
+    """pix2pix: paired source -> target (resumes from OUT/checkpoint.pt when present)."""
+    from .training import Pix2PixTrainer, TrainOptions
+
+    weight_id = f"pix2pix-{name}"
+    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
+                           lr, sample_every, checkpoint_every, seed, export, note)
+    _run(lambda generator: Pix2PixTrainer(source, target, options, generator, l1_weight, grayscale),
+         options)

@@ -1,0 +1,177 @@
+"""The GAN plugin's networks, laid out so the seeds' checkpoints load into them with strict=True.
+
+* `CycleUNet`: the TelegramBot seed's CycleGAN generator (width `init_nc`, 32 in the seed).
+* `Pix2PixUNet`: the Pix2Pix-superRes-bot seed's generator (width `features`, 64 in the seed).
+* `PatchDiscriminator`: the 70x70 PatchGAN both trainers use.
+
+`generator_from_state_dict` rebuilds either generator from a seed checkpoint or from this plugin's
+own export (fp16 safetensors); the width is read off the tensor shapes, so no metadata is needed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from artchain.core.errors import WeightsError
+
+SEED_GENERATOR_KEY = "B2A_gen_state_dict"  # the seed's photo -> painting generator
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    # Indices 0 and 3 hold the convolutions, as in the seed's state dict.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.InstanceNorm2d(out_channels), nn.ReLU(),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.InstanceNorm2d(out_channels), nn.ReLU(),
+    )
+
+
+def _strided_down(channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+                         nn.InstanceNorm2d(channels), nn.ReLU())
+
+
+class CycleUNet(nn.Module):
+    """Four halvings, so both sides must be multiples of `size_multiple`. Input and output in [-1, 1]."""
+
+    size_multiple = 16
+
+    def __init__(self, init_nc: int = 32) -> None:
+        super().__init__()
+        widths = [init_nc, init_nc * 2, init_nc * 4, init_nc * 8]
+        self.init_nc = init_nc
+        for level, width in enumerate(widths):
+            previous = widths[level - 1] if level else 3
+            setattr(self, f"enc_conv{level}", _conv_block(previous, width))
+            setattr(self, f"pool{level}", _strided_down(width))
+        self.bottleneck_conv = _conv_block(widths[-1], widths[-1] * 2)
+        for step, width in enumerate(reversed(widths)):
+            setattr(self, f"upsample{step}", nn.ConvTranspose2d(width * 2, width, 2, stride=2))
+            setattr(self, f"dec_conv{step}", _conv_block(width * 2, width))
+        self.final_conv = nn.Sequential(nn.Conv2d(init_nc, 3, 1), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for level in range(4):
+            x = getattr(self, f"enc_conv{level}")(x)
+            skips.append(x)
+            x = getattr(self, f"pool{level}")(x)
+        x = self.bottleneck_conv(x)
+        for step in range(4):
+            upsampled = getattr(self, f"upsample{step}")(x)
+            x = getattr(self, f"dec_conv{step}")(torch.cat([skips[3 - step], upsampled], dim=1))
+        return self.final_conv(x)
+
+
+class _DownBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 4, 2, 1, bias=False, padding_mode="reflect"),
+            nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class _UpBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: bool) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False),
+                                  nn.BatchNorm2d(out_channels), nn.ReLU())
+        self.dropout = nn.Dropout(0.5) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.conv(x))
+
+
+class Pix2PixUNet(nn.Module):
+    """Eight halvings down to a 1x1 bottleneck, so both sides must be multiples of 256.
+
+    Its BatchNorm and dropout make the output depend on the module's mode: see `processors.Pix2PixNeon`
+    for which one inference uses and why.
+    """
+
+    size_multiple = 256
+
+    def __init__(self, features: int = 64) -> None:
+        super().__init__()
+        f = features
+        self.features = features
+        self.initial_down = nn.Sequential(nn.Conv2d(3, f, 4, 2, 1, padding_mode="reflect"), nn.LeakyReLU(0.2))
+        down_widths = [f, f * 2, f * 4, f * 8, f * 8, f * 8, f * 8]
+        for index in range(1, 7):
+            setattr(self, f"down{index}", _DownBlock(down_widths[index - 1], down_widths[index]))
+        self.bottleneck = nn.Sequential(nn.Conv2d(f * 8, f * 8, 4, 2, 1), nn.ReLU())
+        # up_k takes the previous decoder output concatenated with the mirrored encoder output.
+        up_widths = [f * 8, f * 8, f * 8, f * 8, f * 4, f * 2, f]
+        self.up1 = _UpBlock(f * 8, up_widths[0], dropout=True)
+        for index in range(2, 8):
+            in_channels = up_widths[index - 2] + down_widths[8 - index]
+            setattr(self, f"up{index}", _UpBlock(in_channels, up_widths[index - 1], dropout=index <= 3))
+        self.final_up = nn.Sequential(nn.ConvTranspose2d(f * 2, 3, 4, 2, 1), nn.Tanh())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.initial_down(x)]
+        for index in range(1, 7):
+            skips.append(getattr(self, f"down{index}")(skips[-1]))
+        x = self.up1(self.bottleneck(skips[-1]))
+        for index in range(2, 8):
+            x = getattr(self, f"up{index}")(torch.cat([x, skips[8 - index]], dim=1))
+        return self.final_up(torch.cat([x, skips[0]], dim=1))
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN: one real/fake logit per overlapping patch (InstanceNorm, LeakyReLU 0.2)."""
+
+    def __init__(self, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        channels = width
+        for stride in (2, 2, 1):
+            layers += [nn.Conv2d(channels, channels * 2, 4, stride, 1),
+                       nn.InstanceNorm2d(channels * 2, affine=True), nn.LeakyReLU(0.2)]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 4, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def init_gan_weights(network: nn.Module) -> nn.Module:
+    """The initialisation of the CycleGAN and pix2pix papers: N(0, 0.02) filters, zero biases, norm
+    scales N(1, 0.02). PyTorch's default leaves biases large enough that a narrow generator starts with
+    a strong colour cast which Adam, moving each weight about `lr` per step, takes thousands of steps
+    to undo."""
+    for module in network.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(module.weight, 0.0, 0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm2d, nn.InstanceNorm2d)) and module.affine:
+            nn.init.normal_(module.weight, 1.0, 0.02)
+            nn.init.zeros_(module.bias)
+    return network
+
+
+def _width_of(state: dict, key: str) -> int:
+    if key not in state:
+        raise WeightsError(f"not a GAN generator checkpoint: no {key!r} tensor")
+    return int(state[key].shape[0])
+
+
+def generator_from_state_dict(state: dict, kind: type[CycleUNet] | type[Pix2PixUNet]) -> nn.Module:
+    """Builds a float32 `kind` generator from a seed checkpoint or an artchain export, strictly."""
+    if isinstance(state.get(SEED_GENERATOR_KEY), dict):
+        state = state[SEED_GENERATOR_KEY]
+    if kind is CycleUNet:
+        model = CycleUNet(_width_of(state, "enc_conv0.0.weight"))
+    else:
+        model = Pix2PixUNet(_width_of(state, "initial_down.0.weight"))
+    state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise WeightsError(f"checkpoint does not fit the {kind.__name__} layout ({first_line})") from None
+    return model

@@ -1,0 +1,158 @@
+"""GAN style processors: three CycleGAN painting styles and the pix2pix neon look.
+
+Pictures keep their aspect ratio: each image is resized to a working resolution (short side `size`),
+reflect-padded to the network's multiple and cropped back, so the output has the working resolution
+and the input's aspect; a chain's `resize-back` step returns it to the original size. Images are run
+one at a time and the working resolution is capped, which bounds memory on big inputs.
+
+pix2pix-neon and BatchNorm: the seed ran its generator in training mode, as the pix2pix paper does
+(BatchNorm normalises with the image's own statistics, dropout stays on as the noise source). Its
+weights were only ever judged that way, so that is the default here, `mode=paper`; the dropout masks
+are drawn from a generator seeded with the chain's seed, so the same input gives the same output, and
+each image is normalised on its own so a result never depends on its batch companions. `mode=eval`
+uses the stored running statistics and no dropout instead (the usual PyTorch inference).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from artchain.core.errors import ImageError
+from artchain.core.processor import InputNeeds, Param, Processor, StepContext
+
+if TYPE_CHECKING:
+    import torch
+
+    from artchain.core.weights import WeightStore
+
+MIN_SIDE = 8  # below this an image has no aspect worth keeping and reflect padding is meaningless
+MAX_WORKING_PIXELS = 2048 * 2048  # caps memory on extreme aspect ratios or huge `size` values
+
+
+def _size_param(default: int) -> Param:
+    return Param("size", int, default, help="short side of the working resolution in pixels",
+                 min=32, max=2048)
+
+
+def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The (H, W) with the given short side and the input's aspect, shrunk to MAX_WORKING_PIXELS."""
+    from artchain.core.imageops import fit_short_side
+
+    target_h, target_w = fit_short_side(height, width, short_side)
+    excess = (target_h * target_w / MAX_WORKING_PIXELS) ** 0.5
+    if excess > 1:
+        target_h, target_w = max(1, int(target_h / excess)), max(1, int(target_w / excess))
+    return target_h, target_w
+
+
+def to_grayscale_rgb(batch: "torch.Tensor") -> "torch.Tensor":
+    """ITU-R 601 luma (what PIL's convert('L') computes) replicated to three channels."""
+    luma = 0.299 * batch[:, 0:1] + 0.587 * batch[:, 1:2] + 0.114 * batch[:, 2:3]
+    return luma.expand(-1, 3, -1, -1)
+
+
+class GanStyle(Processor):
+    """Shared inference of the GAN generators; subclasses name the network and the weight id."""
+
+    needs = InputNeeds(min_side=MIN_SIDE)
+    network_name = "CycleUNet"
+
+    def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
+        from . import networks
+
+        model = networks.generator_from_state_dict(store.load(self.weights[0]),
+                                                   getattr(networks, self.network_name))
+        model.requires_grad_(False)
+        return model.to(device).eval()
+
+    def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
+        return image
+
+    def run_network(self, model: Any, x: "torch.Tensor", params: dict[str, Any],
+                    ctx: StepContext) -> "torch.Tensor":
+        return model(x)
+
+    def process(self, batch: "torch.Tensor", model: Any, params: dict[str, Any],
+                ctx: StepContext) -> "torch.Tensor":
+        import torch
+
+        from artchain.core.imageops import crop_to, pad_to_multiple, resize
+
+        height, width = batch.shape[-2:]
+        if min(height, width) < MIN_SIDE:
+            raise ImageError(f"{self.name}: image is {width}x{height}; both sides must be at least "
+                             f"{MIN_SIDE} pixels")
+        target_h, target_w = working_size(height, width, params["size"])
+        outputs = []
+        for index in range(batch.shape[0]):
+            ctx.cancel.check()
+            image = resize(self.prepare_input(batch[index:index + 1]), target_h, target_w)
+            padded, size = pad_to_multiple(image, model.size_multiple)
+            with torch.inference_mode():
+                styled = self.run_network(model, padded * 2 - 1, params, ctx)
+            outputs.append(crop_to((styled + 1) / 2, size).clamp(0, 1))
+            ctx.progress((index + 1) / batch.shape[0])
+        return torch.cat(outputs)
+
+
+class _CycleGanStyle(GanStyle):
+    params = (_size_param(512),)
+
+
+class CycleGanCubism(_CycleGanStyle):
+    name = "cyclegan-cubism"
+    description = "CycleGAN photo -> cubist painting (faceted planes, dark contours)"
+    weights = ("cyclegan-cubism",)
+
+
+class CycleGanRenaissance(_CycleGanStyle):
+    name = "cyclegan-renaissance"
+    description = "CycleGAN photo -> renaissance painting (warm varnish, soft sfumato, craquelure)"
+    weights = ("cyclegan-renaissance",)
+
+
+class CycleGanExpressionism(_CycleGanStyle):
+    name = "cyclegan-expressionism"
+    description = "CycleGAN photo -> expressionist painting (bold saturated colour, heavy strokes)"
+    weights = ("cyclegan-expressionism",)
+
+
+class Pix2PixNeon(GanStyle):
+    name = "pix2pix-neon"
+    description = "pix2pix neon glow: a grayscale rendering of the photo lit by glowing coloured edges"
+    weights = ("pix2pix-neon",)
+    network_name = "Pix2PixUNet"
+    params = (
+        _size_param(256),
+        Param("mode", str, "paper", choices=("paper", "eval"),
+              help="paper: BatchNorm on the image's own statistics and seeded dropout, as the seed "
+                   "and the pix2pix paper ran it; eval: stored running statistics, no dropout"),
+    )
+
+    def model_key(self, params: dict[str, Any]) -> tuple:
+        return (params["mode"],)
+
+    def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
+        import torch
+
+        model = super().load(params, store, device)
+        if params["mode"] == "paper":
+            model.train()
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.momentum = 0.0  # training mode must not drift the cached model's statistics
+        return model
+
+    def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
+        return to_grayscale_rgb(image)
+
+    def run_network(self, model: Any, x: "torch.Tensor", params: dict[str, Any],
+                    ctx: StepContext) -> "torch.Tensor":
+        import torch
+
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(ctx.seed)
+            return model(x)
+
+
+PROCESSORS = (CycleGanCubism, CycleGanRenaissance, CycleGanExpressionism, Pix2PixNeon)

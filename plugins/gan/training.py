@@ -1,0 +1,397 @@
+"""Training: CycleGAN (unpaired photos -> paintings) and pix2pix (paired source -> target).
+
+Both share one loop (`train`): resume from the run directory's checkpoint (networks and optimisers;
+the crop order and the image pool start afresh), a rich progress bar with
+the current losses, periodic sample grids and checkpoints, and at the end an export of the generator
+in the plugin's weights format (fp16 safetensors) together with its manifest entry.
+
+* CycleGAN: two generators (`CycleUNet`), two PatchGAN discriminators, least-squares GAN loss, cycle
+  and identity L1 losses, and a pool of past fakes for the discriminators (Zhu et al. 2017).
+* pix2pix: a `Pix2PixUNet` generator and a conditional PatchGAN on (source, image) pairs, GAN loss
+  plus L1 to the target (Isola et al. 2017).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from artchain.core.errors import ArtchainError
+from artchain.core.imageops import fit_short_side, resize
+
+from .networks import CycleUNet, PatchDiscriminator, Pix2PixUNet, init_gan_weights
+from .processors import to_grayscale_rgb
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingError(ArtchainError):
+    """Training data or options are unusable."""
+
+
+@dataclass
+class TrainOptions:
+    weight_id: str
+    out_dir: Path
+    iterations: int = 2000
+    width: int = 32
+    crop: int = 128
+    batch_size: int = 1
+    lr: float = 2e-4
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    seed: int = 0
+    export: Path | None = None  # defaults to out_dir / f"{weight_id}.safetensors"
+    data_note: str = ""  # what the data is, for the manifest's provenance
+
+
+@dataclass
+class TrainResult:
+    export: Path
+    manifest_entry: dict
+    losses: list[dict[str, float]] = field(default_factory=list)  # one record per iteration run
+
+
+def image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise TrainingError(f"{folder}: not a directory")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise TrainingError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _read_image(path: Path, short_side: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    height, width = fit_short_side(*tensor.shape[-2:], short_side)
+    return resize(tensor, height, width)[0]
+
+
+class CropSampler:
+    """Random crops (with horizontal flips) of images held in memory, each scaled to short side `crop`
+    or a little more; with `paired`, the same crop of two equally sized lists of images."""
+
+    def __init__(self, *folders_files: list[Path], crop: int, generator: torch.Generator) -> None:
+        load_side = int(crop * 1.12)
+        self.sets = [[_read_image(path, load_side) for path in files] for files in folders_files]
+        self.crop = crop
+        self.generator = generator
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def sample(self, set_index: int, batch_size: int, paired: bool = False) -> list[torch.Tensor]:
+        """A batch from set `set_index`, or with `paired` from every set at the same indices."""
+        chosen_sets = self.sets if paired else [self.sets[set_index]]
+        batches: list[list[torch.Tensor]] = [[] for _ in chosen_sets]
+        for _ in range(batch_size):
+            index = self._randint(len(chosen_sets[0]))
+            height, width = chosen_sets[0][index].shape[-2:]
+            top, left = self._randint(height - self.crop + 1), self._randint(width - self.crop + 1)
+            flip = self._randint(2) == 1
+            for images, batch in zip(chosen_sets, batches):
+                tile = images[index][:, top:top + self.crop, left:left + self.crop]
+                batch.append(tile.flip(-1) if flip else tile)
+        return [torch.stack(batch) * 2 - 1 for batch in batches]
+
+
+class ImagePool:
+    """Past generated images, half of which replace the newest fakes shown to a discriminator, so it
+    does not forget earlier generator modes (Shrivastava et al. 2017, as CycleGAN uses it)."""
+
+    def __init__(self, size: int = 50) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+
+    def query(self, fakes: torch.Tensor) -> torch.Tensor:
+        chosen = []
+        for image in fakes.detach():
+            if len(self.images) < self.size:
+                self.images.append(image)
+                chosen.append(image)
+            elif random.random() < 0.5:
+                slot = random.randrange(self.size)
+                chosen.append(self.images[slot])
+                self.images[slot] = image
+            else:
+                chosen.append(image)
+        return torch.stack(chosen)
+
+
+def _check_crop(crop: int, multiple: int) -> None:
+    if crop % multiple:
+        raise TrainingError(f"--crop must be a multiple of {multiple} for this network, got {crop}")
+
+
+def _adam(*modules: nn.Module, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam([p for m in modules for p in m.parameters()], lr=lr, betas=(0.5, 0.999))
+
+
+class GanTrainer:
+    """One kind of GAN training: its networks, optimisers, a training step and sample grids."""
+
+    kind: str
+    networks: dict[str, nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    preview: tuple[torch.Tensor, torch.Tensor]  # fixed inputs for the sample grids
+    loss_weights: dict[str, float]  # recorded in the export's provenance
+
+    def step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def sample_grid(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def generator(self) -> nn.Module:
+        """The network exported for inference."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"networks": {k: v.state_dict() for k, v in self.networks.items()},
+                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, network in self.networks.items():
+            network.load_state_dict(state["networks"][key])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+
+
+class CycleGanTrainer(GanTrainer):
+    kind = "cyclegan"
+
+    def __init__(self, photos: Path, paintings: Path, options: TrainOptions, generator: torch.Generator,
+                 cycle_weight: float = 10.0, identity_weight: float = 0.5) -> None:
+        _check_crop(options.crop, CycleUNet.size_multiple)
+        self.options = options
+        self.data = CropSampler(image_files(photos), image_files(paintings), crop=options.crop,
+                                generator=generator)
+        self.networks = {
+            "photo_to_painting": CycleUNet(options.width), "painting_to_photo": CycleUNet(options.width),
+            "photo_critic": PatchDiscriminator(3, options.width),
+            "painting_critic": PatchDiscriminator(3, options.width),
+        }
+        for network in self.networks.values():
+            init_gan_weights(network)
+        n = self.networks
+        self.optimizers = {
+            "generators": _adam(n["photo_to_painting"], n["painting_to_photo"], lr=options.lr),
+            "critics": _adam(n["photo_critic"], n["painting_critic"], lr=options.lr),
+        }
+        self.fake_photo_pool, self.fake_painting_pool = ImagePool(), ImagePool()
+        self.loss_weights = {"cycle": cycle_weight, "identity": identity_weight}
+        self.preview = (self.data.sample(0, 4)[0], self.data.sample(1, 4)[0])
+
+    def step(self) -> dict[str, float]:
+        n = self.networks
+        photo = self.data.sample(0, self.options.batch_size)[0]
+        painting = self.data.sample(1, self.options.batch_size)[0]
+        fake_painting, fake_photo = n["photo_to_painting"](photo), n["painting_to_photo"](painting)
+
+        critics = (n["photo_critic"], n["painting_critic"])
+        for critic in critics:
+            critic.requires_grad_(False)
+        adversarial = (_lsgan(n["painting_critic"](fake_painting), True)
+                       + _lsgan(n["photo_critic"](fake_photo), True))
+        cycle = (F.l1_loss(n["painting_to_photo"](fake_painting), photo)
+                 + F.l1_loss(n["photo_to_painting"](fake_photo), painting))
+        identity = (F.l1_loss(n["photo_to_painting"](painting), painting)
+                    + F.l1_loss(n["painting_to_photo"](photo), photo))
+        weights = self.loss_weights
+        generator_loss = adversarial + weights["cycle"] * (cycle + weights["identity"] * identity)
+        self.optimizers["generators"].zero_grad()
+        generator_loss.backward()
+        self.optimizers["generators"].step()
+
+        for critic in critics:
+            critic.requires_grad_(True)
+        critic_loss = 0.5 * (
+            _lsgan(n["painting_critic"](painting), True)
+            + _lsgan(n["painting_critic"](self.fake_painting_pool.query(fake_painting)), False)
+            + _lsgan(n["photo_critic"](photo), True)
+            + _lsgan(n["photo_critic"](self.fake_photo_pool.query(fake_photo)), False))
+        self.optimizers["critics"].zero_grad()
+        critic_loss.backward()
+        self.optimizers["critics"].step()
+        return {"G": adversarial.item(), "cycle": cycle.item(), "idt": identity.item(),
+                "D": critic_loss.item()}
+
+    def sample_grid(self) -> torch.Tensor:
+        """Rows: photos, their paintings, the photos back; paintings, their photos."""
+        photos, paintings = self.preview
+        with torch.no_grad():
+            fake_paintings = self.networks["photo_to_painting"](photos)
+            rows = [photos, fake_paintings, self.networks["painting_to_photo"](fake_paintings),
+                    paintings, self.networks["painting_to_photo"](paintings)]
+        return torch.cat(rows)
+
+    def generator(self) -> nn.Module:
+        return self.networks["photo_to_painting"]
+
+
+class Pix2PixTrainer(GanTrainer):
+    kind = "pix2pix"
+
+    def __init__(self, source: Path, target: Path, options: TrainOptions, generator: torch.Generator,
+                 l1_weight: float = 100.0, grayscale_source: bool = True) -> None:
+        _check_crop(options.crop, Pix2PixUNet.size_multiple)
+        self.options = options
+        source_files, target_files = image_files(source), image_files(target)
+        target_by_stem = {path.stem: path for path in target_files}
+        pairs = [(path, target_by_stem[path.stem]) for path in source_files if path.stem in target_by_stem]
+        if not pairs:
+            raise TrainingError(f"no file names shared by {source} and {target}: pairs are matched by name")
+        self.data = CropSampler([s for s, _ in pairs], [t for _, t in pairs], crop=options.crop,
+                                generator=generator)
+        self.networks = {"generator": init_gan_weights(Pix2PixUNet(options.width)),
+                         "critic": init_gan_weights(PatchDiscriminator(6, options.width))}
+        self.optimizers = {"generator": _adam(self.networks["generator"], lr=options.lr),
+                           "critic": _adam(self.networks["critic"], lr=options.lr)}
+        self.grayscale_source = grayscale_source
+        self.loss_weights = {"L1": l1_weight}
+        self.preview = self._pairs(4)
+
+    def _pairs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        source, target = self.data.sample(0, batch_size, paired=True)
+        if self.grayscale_source:
+            source = to_grayscale_rgb(source)
+        return source, target
+
+    def step(self) -> dict[str, float]:
+        generator, critic = self.networks["generator"], self.networks["critic"]
+        source, target = self._pairs(self.options.batch_size)
+        fake = generator(source)
+
+        critic_loss = 0.5 * (_bce(critic(torch.cat([source, target], 1)), True)
+                             + _bce(critic(torch.cat([source, fake.detach()], 1)), False))
+        self.optimizers["critic"].zero_grad()
+        critic_loss.backward()
+        self.optimizers["critic"].step()
+
+        critic.requires_grad_(False)
+        adversarial = _bce(critic(torch.cat([source, fake], 1)), True)
+        l1 = F.l1_loss(fake, target)
+        self.optimizers["generator"].zero_grad()
+        (adversarial + self.loss_weights["L1"] * l1).backward()
+        self.optimizers["generator"].step()
+        critic.requires_grad_(True)
+        return {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
+
+    def sample_grid(self) -> torch.Tensor:
+        """Rows: sources, generated images, targets (the generator in training mode, as it runs)."""
+        source, target = self.preview
+        with torch.no_grad():
+            return torch.cat([source, self.networks["generator"](source), target])
+
+    def generator(self) -> nn.Module:
+        return self.networks["generator"]
+
+
+def _lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.mse_loss(prediction, torch.full_like(prediction, 1.0 if real else 0.0))
+
+
+def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if real else 0.0))
+
+
+def export_generator(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
+    """fp16 safetensors of the generator's state dict; the width is also readable from the shapes."""
+    from safetensors.torch import save_file
+
+    state = {key: (value.half() if value.is_floating_point() else value).contiguous()
+             for key, value in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata=metadata)
+
+
+def manifest_entry(weight_id: str, path: Path, provenance: str) -> dict:
+    from artchain.core.weights import sha256_of
+
+    return {"id": weight_id, "plugin": "gan", "file": path.name, "sha256": sha256_of(path),
+            "size": path.stat().st_size, "licence": "MIT (trained by artchain)",
+            "provenance": provenance}
+
+
+def train(trainer: GanTrainer, options: TrainOptions, console=None) -> TrainResult:
+    """Runs (or resumes) `trainer` to `options.iterations`, then exports its generator."""
+    import yaml
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from torchvision.utils import save_image
+
+    console = console or Console()
+    out_dir = Path(options.out_dir)
+    samples = out_dir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    checkpoint = out_dir / CHECKPOINT
+    start, seconds_before = 0, 0.0
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if saved["kind"] != trainer.kind or saved["width"] != options.width:
+            raise TrainingError(f"{checkpoint}: a {saved['kind']} run of width {saved['width']}, "
+                                f"not {trainer.kind} of width {options.width}; use another --out")
+        trainer.load_state_dict(saved["trainer"])
+        start, seconds_before = saved["iteration"], saved["seconds"]
+        console.print(f"resuming {checkpoint} at iteration {start}")
+    for network in trainer.networks.values():
+        network.train()
+
+    def save_checkpoint(iteration: int) -> None:
+        state = {"kind": trainer.kind, "width": options.width, "iteration": iteration,
+                 "seconds": seconds_before + time.monotonic() - started, "trainer": trainer.state_dict()}
+        torch.save(state, checkpoint.with_suffix(".part"))
+        checkpoint.with_suffix(".part").replace(checkpoint)
+
+    losses: list[dict[str, float]] = []
+    started = time.monotonic()
+    columns = (TextColumn(f"{trainer.kind} {options.weight_id}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=options.iterations, completed=start, losses="")
+        for iteration in range(start + 1, options.iterations + 1):
+            losses.append(trainer.step())
+            progress.update(task, advance=1,
+                            losses="  ".join(f"{k} {v:.3f}" for k, v in losses[-1].items()))
+            if iteration % options.sample_every == 0 or iteration == options.iterations:
+                grid = (trainer.sample_grid() + 1) / 2
+                save_image(grid, samples / f"{iteration:06d}.png", nrow=trainer.preview[0].shape[0])
+            if iteration % options.checkpoint_every == 0 or iteration == options.iterations:
+                save_checkpoint(iteration)
+    seconds = seconds_before + time.monotonic() - started
+
+    export = options.export or out_dir / f"{options.weight_id}.safetensors"
+    generator = trainer.generator()
+    metadata = {"format": "artchain-gan", "kind": trainer.kind, "width": str(options.width),
+                "iterations": str(options.iterations), "crop": str(options.crop),
+                "train_seconds": f"{seconds:.0f}"}
+    export_generator(generator, export, metadata)
+    provenance = (f"trained by `artchain train {trainer.kind}`: {options.iterations} iterations, "
+                  f"batch {options.batch_size}, {options.crop}px crops, width {options.width}, lr {options.lr:g}, "
+                  f"loss weights {', '.join(f'{k} {v:g}' for k, v in trainer.loss_weights.items())}, "
+                  f"{seconds / 60:.1f} min on CPU. {options.data_note}").strip()
+    entry = manifest_entry(options.weight_id, export, provenance)
+    entry_text = yaml.safe_dump([entry], sort_keys=False, allow_unicode=True, width=100)
+    (out_dir / "manifest-entry.yaml").write_text(entry_text, encoding="utf-8")
+    console.print(f"exported {export}; manifest entry (also in {out_dir / 'manifest-entry.yaml'}):")
+    console.print(entry_text, markup=False, highlight=False)
+    return TrainResult(export, entry, losses)
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """Seeds torch and the image pool's `random` too, so a run is repeatable."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    return torch.Generator().manual_seed(seed)
