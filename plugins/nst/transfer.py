@@ -1,0 +1,168 @@
+"""Gatys et al. style transfer by optimising the image: losses, scales and the optimisation loop.
+
+The objective is the seed's: content MSE at the content layers + style_weight x MSE between Gram
+matrices at the style layers + tv_weight x total variation (MSE between the image and itself shifted
+one pixel right, plus the same shifted down). Beyond the seed: coarse-to-fine scales, the style image
+resized to the content's area with its own aspect ratio, optional activation smoothing for the style
+loss (Wang et al., CVPR 2021), colour preservation, a loss-plateau stop, progress and cancellation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+from artchain.core.imageops import resize
+
+from .backbones import FeatureNet
+
+PLATEAU_WINDOW = 20  # steps over which the relative loss improvement is measured
+MIN_SCALE_SIDE = 64  # coarser scales than this carry too little structure to be worth a pass
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    content_layers: tuple[str, ...]
+    style_layers: tuple[str, ...]
+    style_weight: float
+    content_weight: float
+    tv_weight: float
+    steps: int
+    scales: int
+    optimizer: str  # "lbfgs" | "adam"
+    learning_rate: float  # Adam's; LBFGS takes full steps
+    smooth_style: bool
+    plateau: float  # stop a scale when the loss fell by less than this fraction over PLATEAU_WINDOW steps
+
+
+def gram(features: torch.Tensor, smooth: bool) -> torch.Tensor:
+    """Channel correlations normalised by the element count, as the seed (PyTorch tutorial) does.
+
+    With `smooth`, each map first goes through a softmax over its positions (scaled back to mean 1):
+    Wang et al.'s remedy for the few huge activations that otherwise dominate the Gram matrix.
+    """
+    batch, channels, height, width = features.shape
+    flat = features.reshape(batch * channels, height * width)
+    if smooth:
+        flat = F.softmax(flat, dim=1) * (height * width)
+    return flat @ flat.t() / flat.numel()
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    return (F.mse_loss(image[..., :, 1:], image[..., :, :-1])
+            + F.mse_loss(image[..., 1:, :], image[..., :-1, :]))
+
+
+class Objective:
+    """The loss for one scale: targets are computed once, `__call__` scores a candidate image."""
+
+    def __init__(self, network: FeatureNet, content: torch.Tensor, style: torch.Tensor,
+                 settings: TransferSettings) -> None:
+        self.network, self.settings = network, settings
+        self.layers = tuple(dict.fromkeys(settings.content_layers + settings.style_layers))
+        with torch.no_grad():
+            self.content_targets = {name: value.detach() for name, value
+                                    in network(content, settings.content_layers).items()}
+            self.style_targets = {name: gram(value, settings.smooth_style).detach() for name, value
+                                  in network(style, settings.style_layers).items()}
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.network(image, self.layers)
+        settings = self.settings
+        content = sum(F.mse_loss(features[name], target) for name, target in self.content_targets.items())
+        style = sum(F.mse_loss(gram(features[name], settings.smooth_style), target)
+                    for name, target in self.style_targets.items())
+        return (settings.content_weight * content + settings.style_weight * style
+                + settings.tv_weight * total_variation(image))
+
+
+def scale_sizes(height: int, width: int, scales: int) -> list[tuple[int, int]]:
+    """Working sizes from coarse to fine, halving each time but never below MIN_SCALE_SIDE."""
+    sizes = [(height, width)]
+    for _ in range(scales - 1):
+        next_height, next_width = sizes[0][0] // 2, sizes[0][1] // 2
+        if min(next_height, next_width) < MIN_SCALE_SIDE:
+            break
+        sizes.insert(0, (next_height, next_width))
+    return sizes
+
+
+def style_size_for(style: torch.Tensor, height: int, width: int, style_scale: float) -> tuple[int, int]:
+    """The style image keeps its aspect ratio and gets the content's area (times style_scale²), so
+    its brush strokes appear at a size proportional to the output instead of being squashed."""
+    style_height, style_width = style.shape[-2:]
+    factor = style_scale * math.sqrt(height * width / (style_height * style_width))
+    return max(1, round(style_height * factor)), max(1, round(style_width * factor))
+
+
+def stylise(network: FeatureNet, content: torch.Tensor, style: torch.Tensor, settings: TransferSettings,
+            style_scale: float, progress: Callable[[float], None], check_cancel: Callable[[], None],
+            on_step: Callable[[float], None] | None = None) -> torch.Tensor:
+    """Optimises an image, starting from `content` (1, 3, H, W), whose features match `content`'s at
+    the content layers and `style`'s Gram matrices at the style layers; returns it at the content's
+    size. `on_step` receives every step's loss. Must run with gradients enabled."""
+    sizes = scale_sizes(*content.shape[-2:], settings.scales)
+    total_steps = settings.steps * len(sizes)
+    image = content
+    for scale_index, (height, width) in enumerate(sizes):
+        scaled_content = resize(content, height, width)
+        scaled_style = resize(style, *style_size_for(style, height, width, style_scale))
+        objective = Objective(network, scaled_content, scaled_style, settings)
+        image = resize(image.detach(), height, width).clone().requires_grad_(True)
+        done_before = scale_index * settings.steps
+
+        def after_step(step: int, loss: float) -> None:
+            progress((done_before + step) / total_steps)
+            if on_step:
+                on_step(loss)
+
+        optimise_scale(image, objective, settings, check_cancel, after_step)
+    return image.detach()
+
+
+def optimise_scale(image: torch.Tensor, objective: Objective, settings: TransferSettings,
+                   check_cancel: Callable[[], None], after_step: Callable[[int, float], None]) -> None:
+    """Runs up to settings.steps optimiser steps on `image` in place, keeping it in [0, 1]."""
+    if settings.optimizer == "lbfgs":
+        # One iteration per step() call (the curvature history persists across calls), so progress,
+        # cancellation and the plateau test act on every step, as with Adam. The line search keeps
+        # the first steps of a new scale, whose gradients are large, from diverging.
+        optimizer = torch.optim.LBFGS([image], lr=1.0, max_iter=1, history_size=50,
+                                      line_search_fn="strong_wolfe")
+    else:
+        optimizer = torch.optim.Adam([image], lr=settings.learning_rate)
+    losses: list[float] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = objective(image)
+        loss.backward()
+        return loss
+
+    for step in range(1, settings.steps + 1):
+        check_cancel()
+        loss = optimizer.step(closure).item()
+        with torch.no_grad():
+            image.clamp_(0.0, 1.0)
+        losses.append(loss)
+        after_step(step, loss)
+        if _plateaued(losses, settings.plateau):
+            break
+
+
+def _plateaued(losses: list[float], tolerance: float) -> bool:
+    if tolerance <= 0 or len(losses) <= PLATEAU_WINDOW:
+        return False
+    before, now = losses[-PLATEAU_WINDOW - 1], losses[-1]
+    return before - now < tolerance * abs(before)
+
+
+def preserve_colour(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Gatys et al. (2016)'s luminance-only transfer: the result's Y with the content's Cb and Cr."""
+    luma = rgb_to_ycbcr(result)[:, :1]
+    chroma = rgb_to_ycbcr(content)[:, 1:]
+    return ycbcr_to_rgb(torch.cat([luma, chroma], dim=1)).clamp(0.0, 1.0)
