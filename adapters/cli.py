@@ -217,17 +217,17 @@ def bot() -> None:
 
     from artchain.adapters.telegram import serve
     from artchain.core.config import load_config
-    from artchain.core.jobs import LocalExecutor
+    from artchain.core.jobs import executor_from_config
 
     try:
         token = load_config(State.config_path).telegram.token
         if not token:
             raise fail("no Telegram token: set ARTCHAIN_TELEGRAM_TOKEN (or telegram.token in your config)")
         engine = State.engine()
+        settings = engine.config.telegram
+        executor = executor_from_config(engine, settings.workers, settings.max_queue)
     except ArtchainError as exc:
         raise fail(str(exc)) from None
-    settings = engine.config.telegram
-    executor = LocalExecutor(engine, settings.workers, settings.max_queue)
     try:
         asyncio.run(serve(token, engine.config, engine.parser, executor))
     except TokenValidationError:

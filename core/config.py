@@ -60,6 +60,7 @@ class Telegram(Section):
     max_queue: int = Field(32, gt=0)  # jobs held by the whole bot; beyond it users are asked to wait
     max_download_bytes: int = Field(20 * 1024 * 1024, gt=0)  # the Bot API's download limit
     status_interval: float = Field(1.0, ge=0)  # seconds between edits of one status message
+    concurrent_requests: int = Field(8, gt=0)  # Bot API calls (and updates handled) at once
     chains: list[str] = ["neon", "neon,upscale", "upscale", "cubism", "renaissance", "expressionism", "nst"]
     offer_presets: bool = True  # every preset from `presets` gets a button too
     webhook: Webhook = Webhook()

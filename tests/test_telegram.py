@@ -1,0 +1,453 @@
+"""The Telegram bot against a fake Bot API server on 127.0.0.1: real HTTP, real aiogram polling,
+real jobs through the engine and LocalExecutor."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import aiohttp
+import torch
+from PIL import Image
+
+from artchain.adapters.telegram import create_bot, create_dispatcher, run_polling, run_webhook
+from artchain.adapters.telegram.jobs import StatusMessage
+from artchain.core.config import Telegram, load_config
+from artchain.core.engine import Engine
+from artchain.core.hookspecs import hookimpl
+from artchain.core.jobs import LocalExecutor
+from artchain.core.plugins import discover
+from artchain.core.processor import Param, Processor
+from support import run_cli
+from telegram_fake_server import FakeTelegram
+
+TOKEN = "123456:TEST-secret-token-value"
+TEST_PRESETS = {"double": "resize:scale=2", "halve-and-back": "resize:scale=0.5,resize-back"}
+GATE = threading.Event()  # opens the `gate` step; tests close it to hold jobs running
+STYLE_PATHS: list[Path] = []  # style files the `paint` step was given
+
+
+class Paint(Processor):
+    """test: fills the content's size with the style image's mean colour, proving which style it got."""
+
+    name = "paint"
+    description = "test: a two-image step like neural style transfer"
+    params = (Param("style", Path, help="the style image"),)
+
+    def process(self, batch, model, params, ctx):
+        STYLE_PATHS.append(params["style"])
+        style = Image.open(params["style"]).convert("RGB")
+        mean = torch.tensor(style.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)), dtype=batch.dtype) / 255
+        return mean.view(1, 3, 1, 1).expand_as(batch).clone()
+
+
+class Gate(Processor):
+    """test: runs until GATE opens, reporting progress and honouring cancellation like a model would."""
+
+    name = "gate"
+    description = "test: holds a job running"
+
+    def process(self, batch, model, params, ctx):
+        started = time.monotonic()
+        while not GATE.wait(0.01):
+            ctx.cancel.check()
+            ctx.progress(min(0.99, (time.monotonic() - started) / 5))
+        return batch
+
+
+class TestPlugin:
+    @hookimpl
+    def artchain_processors(self):
+        return [Paint, Gate]
+
+
+def solid(colour: tuple[int, int, int], width: int, height: int) -> Image.Image:
+    return Image.new("RGB", (width, height), colour)
+
+
+def decoded(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def close_to(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 6) -> bool:
+    low, high = zip(*image.getextrema())
+    return all(abs(lo - c) <= tolerance and abs(hi - c) <= tolerance for lo, hi, c in zip(low, high, colour))
+
+
+class Harness:
+    """The fake server plus the bot polling it, with the LocalExecutor `artchain bot` builds by default."""
+
+    def __init__(self, server: FakeTelegram, executor: LocalExecutor, dispatcher) -> None:
+        self.server = server
+        self.executor = executor
+        self.dispatcher = dispatcher
+
+    async def photo_keyboard(self, user_id: int, image: Image.Image):
+        seen = len(self.server.chat(user_id))
+        await self.server.user_sends_photo(user_id, image)
+        return await self.server.reply(user_id, after=seen)
+
+    async def run_chain(self, user_id: int, image: Image.Image, button: str, method: str = "sendPhoto"):
+        keyboard = await self.photo_keyboard(user_id, image)
+        seen = len(self.server.chat(user_id))
+        await self.server.user_taps(user_id, keyboard, button)
+        return await self.server.reply(user_id, method, after=seen)
+
+    def status_messages(self, user_id: int):
+        return [sent for sent in self.server.chat(user_id)
+                if sent.method == "sendMessage" and "fetching your image" in sent.text]
+
+
+@contextlib.asynccontextmanager
+async def running_bot(tmp_path, limits=None, **settings):
+    GATE.set()
+    STYLE_PATHS.clear()
+    server = FakeTelegram(TOKEN)
+    await server.start()
+    config = load_config(environ={})
+    config.device = "cpu"
+    config.weights_dir = tmp_path
+    config.presets = {**config.presets, **TEST_PRESETS}
+    if limits:
+        config.limits = config.limits.model_copy(update=limits)
+    defaults = {"chains": ["neon", "paint", "gate", "nst", "pencil-sketch"], "status_interval": 0.2}
+    config.telegram = Telegram(api_url=server.url, **{**defaults, **settings})
+    engine = Engine(config, discover([TestPlugin()]))
+    executor = LocalExecutor(engine, config.telegram.workers, config.telegram.max_queue)
+    bot = create_bot(TOKEN, config.telegram)
+    dispatcher = create_dispatcher(config, engine.parser, executor)
+    polling = asyncio.create_task(run_polling(bot, dispatcher, handle_signals=False))
+    try:
+        await server.wait_for(lambda: "getUpdates" in server.calls, timeout=10)
+        yield Harness(server, executor, dispatcher)
+    finally:
+        GATE.set()
+        await dispatcher.stop_polling()
+        await polling
+        executor.shutdown()
+        await server.stop()
+
+
+def run(coroutine, timeout: float = 60):
+    asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
+def test_photo_in_result_out_with_the_right_size(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario():
+        async with running_bot(tmp_path) as bot:
+            server = bot.server
+            await server.user_sends(7, text="/start")
+            greeting = await server.reply(7)
+            assert "Send me a photo" in greeting.text
+            assert {c["command"] for c in server.commands} == {"start", "help", "styles", "cancel"}
+            assert server.menu_button == {"type": "commands"}
+
+            keyboard = await bot.photo_keyboard(7, solid((200, 30, 30), 64, 48))
+            installed = {"neon", "paint", "gate", "nst", *TEST_PRESETS, "neon,upscale", "thumbnail"}
+            assert set(keyboard.buttons) == installed  # no plugin provides pencil-sketch
+            seen = len(server.chat(7))
+            await server.user_taps(7, keyboard, "double")
+            result = await server.reply(7, "sendPhoto", after=seen)
+            image = decoded(result.file)
+            assert image.size == (128, 96) and close_to(image, (200, 30, 30))
+            assert not [s for s in server.chat(7)[seen:] if s.method == "sendDocument"]
+
+            [status] = bot.status_messages(7)
+            final = await server.wait_for(lambda: server.current_text(7, status.message["message_id"]).startswith("Done"))
+            assert final and server.unchanged_edits == 0
+
+            # The chain runs resize-back: the photo's own size comes back.
+            result = await bot.run_chain(7, solid((20, 160, 40), 50, 40), "halve-and-back")
+            assert decoded(result.file).size == (50, 40)
+        assert server.bad_tokens == 0
+
+    run(scenario())
+    assert not [r for r in caplog.records if TOKEN in r.getMessage() or TOKEN.split(":")[1] in r.getMessage()]
+
+
+def test_an_image_file_comes_back_as_a_png_file(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path) as bot:
+            server = bot.server
+            original = Image.linear_gradient("L").resize((40, 30)).convert("RGB")
+            buffer = io.BytesIO()
+            original.save(buffer, "PNG")
+            await server.user_sends_file(8, buffer.getvalue(), "drawing.png", "image/png")
+            keyboard = await server.reply(8)
+            await server.user_taps(8, keyboard, "double")
+            result = await server.reply(8, "sendDocument")
+            assert result.message["document"]["file_name"] == "drawing-artchain.png"
+            assert decoded(result.file).size == (80, 60)
+            assert not [s for s in server.chat(8) if s.method == "sendPhoto"]
+
+    run(scenario())
+
+
+def test_style_dialog_takes_content_then_style_and_keeps_them_apart(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path) as bot:
+            server = bot.server
+            keyboard = await bot.photo_keyboard(9, solid((250, 250, 250), 60, 40))
+            seen = len(server.chat(9))
+            await server.user_taps(9, keyboard, "paint")
+            question = await server.reply(9, after=seen)
+            assert "send the style image" in question.text
+            await server.user_sends(9, text="hello")
+            nudge = await server.reply(9, after=seen + 1)
+            assert "waiting for the style image" in nudge.text
+            await server.user_sends_photo(9, solid((10, 20, 220), 30, 30))
+            result = await server.reply(9, "sendPhoto")
+            image = decoded(result.file)
+            assert image.size == (60, 40) and close_to(image, (10, 20, 220))
+            assert len(STYLE_PATHS) == 1 and not STYLE_PATHS[0].exists()  # the job's style file is gone
+
+            # The dialog is over: the next photo is content again and gets a keyboard.
+            keyboard = await bot.photo_keyboard(9, solid((0, 0, 0), 20, 20))
+            assert "paint" in keyboard.buttons
+
+    run(scenario())
+
+
+def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path, limits={"max_pixels": 100_000}) as bot:
+            server = bot.server
+            user = 10
+            cases = [
+                ({"text": "hi"}, "Send me a photo"),
+                ({"sticker": {"file_id": "s", "file_unique_id": "s", "type": "regular", "width": 512,
+                              "height": 512, "is_animated": False, "is_video": False}}, "can't work with stickers"),
+                ({"voice": {"file_id": "v", "file_unique_id": "v", "duration": 2}}, "can't work with voice messages"),
+                ({"animation": {"file_id": "a", "file_unique_id": "a", "width": 1, "height": 1, "duration": 1},
+                  "document": {"file_id": "a", "file_unique_id": "a", "mime_type": "video/mp4"}},
+                 "can't work with GIFs"),
+            ]
+            for content, expected in cases:
+                seen = len(server.chat(user))
+                await server.user_sends(user, **content)
+                assert expected in (await server.reply(user, after=seen)).text
+            refusals = [
+                (server.user_sends_file(user, b"%PDF-1.4", "report.pdf", "application/pdf"), "isn't an image"),
+                (server.user_sends_file(user, b"x" * 100, "huge.png", "image/png", declared_size=25 * 1024 * 1024),
+                 "over 20 MB"),
+                (server.user_sends_photo(user, solid((1, 2, 3), 400, 400)), "the most I take is 100,000 pixels"),
+            ]
+            for sending, expected in refusals:
+                seen = len(server.chat(user))
+                await sending
+                assert expected in (await server.reply(user, after=seen)).text
+
+            # Looks like an image by name and type, but is not one: the job says so.
+            seen = len(server.chat(user))
+            await server.user_sends_file(user, b"not really a png", "fake.png", "image/png")
+            keyboard = await server.reply(user, after=seen)
+            await server.user_taps(user, keyboard, "double")
+            status = await server.reply(user, after=seen + 1)
+            await server.wait_for(lambda: "not an image file" in server.current_text(user, status.message["message_id"]))
+
+            result = await bot.run_chain(user, solid((90, 90, 90), 30, 20), "double")
+            assert decoded(result.file).size == (60, 40)
+
+    run(scenario())
+
+
+def test_per_user_limits_cancel_and_a_full_queue(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path, jobs_per_user=1, jobs_per_minute=2, workers=1, max_queue=1) as bot:
+            server = bot.server
+            GATE.clear()
+            keyboard = await bot.photo_keyboard(11, solid((5, 5, 5), 16, 16))
+            seen = len(server.chat(11))
+            await server.user_taps(11, keyboard, "gate")
+            status = await server.reply(11, after=seen)
+            status_id = status.message["message_id"]
+            await server.wait_for(lambda: "Working: gate" in server.current_text(11, status_id))
+
+            seen = len(server.chat(11))
+            await server.user_taps(11, keyboard, "double")
+            assert "already have a job going" in (await server.reply(11, after=seen)).text
+
+            # Another user finds the single queue place taken.
+            other = await bot.photo_keyboard(12, solid((6, 6, 6), 16, 16))
+            seen = len(server.chat(12))
+            await server.user_taps(12, other, "double")
+            busy = await server.reply(12, after=seen)
+            await server.wait_for(lambda: "busy" in server.current_text(12, busy.message["message_id"]))
+
+            seen = len(server.chat(11))
+            await server.user_sends(11, text="/cancel")
+            assert (await server.reply(11, after=seen)).text == "Cancelled 1 job."
+            await server.wait_for(lambda: server.current_text(11, status_id) == "Cancelled.")
+            assert bot.executor.load == 0  # the queue place is free again
+
+            seen = len(server.chat(11))
+            await server.user_taps(11, keyboard, "double")
+            status_id = (await server.reply(11, after=seen)).message["message_id"]
+            await server.wait_for(lambda: server.current_text(11, status_id).startswith("Done"))
+            seen = len(server.chat(11))
+            await server.user_taps(11, keyboard, "double")  # a third job within the minute
+            assert "2 jobs in a minute" in (await server.reply(11, after=seen)).text
+
+            # Status edits kept to the throttle and never repeated a text.
+            for message_id in {edit.message_id for edit in server.edits}:
+                times = [edit.at for edit in server.edits if edit.message_id == message_id]
+                assert all(later - earlier >= 0.15 for earlier, later in zip(times, times[1:]))
+            assert server.unchanged_edits == 0
+
+    run(scenario())
+
+
+def test_a_late_progress_report_never_overwrites_the_last_word():
+    async def scenario():
+        server = FakeTelegram(TOKEN)
+        await server.start()
+        bot = create_bot(TOKEN, Telegram(api_url=server.url))
+        try:
+            status = await StatusMessage.send(bot, 1, "queued", interval=0.05)
+            status.show("Working: 10%")
+            await status.finish("Cancelled.")
+            status.show("Working: 20%")  # as a worker thread's report arriving just after the cancel
+            await asyncio.sleep(0.2)
+            assert server.current_text(1, status.message_id) == "Cancelled."
+            assert [edit.text for edit in server.edits] == ["Cancelled."]  # the pending 10% was superseded
+        finally:
+            await bot.session.close()
+            await server.stop()
+
+    run(scenario())
+
+
+def test_only_allowed_users_are_served(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path, allowed_users=[21]) as bot:
+            server = bot.server
+            await server.user_sends(22, text="/start")
+            assert (await server.reply(22)).text == "Sorry, this bot is private."
+            await server.user_sends(21, text="/start")
+            assert "Send me a photo" in (await server.reply(21)).text
+
+    run(scenario())
+
+
+def test_fifty_users_at_once_each_get_their_own_result_without_stalling_the_loop(tmp_path):
+    users = range(1000, 1050)
+
+    def colour(index: int) -> tuple[int, int, int]:
+        return ((index * 37) % 200 + 20, (index * 91) % 200 + 20, (index * 53) % 200 + 20)
+
+    async def scenario():
+        async with running_bot(tmp_path, workers=2, max_queue=64, status_interval=1.0) as bot:
+            lags: list[float] = []
+            stop = asyncio.Event()
+
+            async def measure_lag():
+                while not stop.is_set():
+                    started = time.perf_counter()
+                    await asyncio.sleep(0.005)
+                    lags.append(time.perf_counter() - started - 0.005)
+
+            meter = asyncio.create_task(measure_lag())
+            started = time.perf_counter()
+            results = await asyncio.gather(*(
+                bot.run_chain(user, solid(colour(i), 24 + i, 16 + i), "double") for i, user in enumerate(users)))
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await meter
+            for i, (user, result) in enumerate(zip(users, results)):
+                image = decoded(result.file)
+                assert result.chat_id == user
+                assert image.size == (2 * (24 + i), 2 * (16 + i)) and close_to(image, colour(i)), user
+                assert len([s for s in bot.server.chat(user) if s.method == "sendPhoto"]) == 1
+            p99 = statistics.quantiles(lags, n=100, method="inclusive")[98]
+            print(f"\n50 users: {elapsed:.2f} s, event-loop lag p99 {p99 * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms "
+                  f"over {len(lags)} samples")
+            assert p99 < 0.1
+
+    run(scenario(), timeout=90)
+
+
+def test_webhook_mode_registers_itself_and_answers_updates(tmp_path):
+    async def scenario():
+        server = FakeTelegram(TOKEN)
+        await server.start()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/hook"
+        config = load_config(environ={})
+        config.telegram = Telegram(api_url=server.url, webhook={"url": url, "host": "127.0.0.1", "port": port,
+                                                                "path": "/hook", "secret": "s3cret"})
+        engine = Engine(config, discover([TestPlugin()]))
+        executor = LocalExecutor(engine)
+        webhook = asyncio.create_task(run_webhook(create_bot(TOKEN, config.telegram),
+                                                  create_dispatcher(config, engine.parser, executor), config.telegram))
+        try:
+            await server.wait_for(lambda: server.webhook, timeout=10)
+            assert server.webhook["url"] == url and server.webhook["secret_token"] == "s3cret"
+            update = {"update_id": 1, "message": {"message_id": 1, "date": 0, "text": "/start",
+                                                  "chat": {"id": 3, "type": "private"},
+                                                  "from": {"id": 3, "is_bot": False, "first_name": "u"}}}
+            async with aiohttp.ClientSession() as session:
+                async with session.post(url, json=update) as refused:
+                    assert refused.status == 401  # no secret: not Telegram
+                async with session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as ok:
+                    assert ok.status == 200
+            assert "Send me a photo" in (await server.reply(3)).text
+        finally:
+            webhook.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await webhook
+            executor.shutdown()
+            await server.stop()
+
+    run(scenario())
+
+
+def test_bot_command_serves_users_and_stops_on_ctrl_c(tmp_path, isolated_env):
+    config = tmp_path / "bot.yaml"
+
+    async def scenario():
+        server = FakeTelegram(TOKEN)
+        await server.start()
+        config.write_text(f"device: cpu\npresets: {{double: 'resize:scale=2'}}\n"
+                          f"telegram: {{api_url: '{server.url}', chains: [double], offer_presets: false}}\n")
+        process = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).with_name("artchain")), "--verbose", "--config", str(config), "bot",
+            env={**isolated_env, "ARTCHAIN_TELEGRAM_TOKEN": TOKEN},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            await server.wait_for(lambda: "getUpdates" in server.calls, timeout=60)
+            await server.user_sends_photo(5, solid((120, 60, 200), 30, 20))
+            keyboard = await server.reply(5)
+            assert set(keyboard.buttons) == {"double"}
+            await server.user_taps(5, keyboard, "double")
+            result = await server.reply(5, "sendPhoto")
+            assert decoded(result.file).size == (60, 40)
+            process.send_signal(signal.SIGINT)
+            output, _ = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await server.stop()
+        assert process.returncode == 0, output.decode()
+        assert b"Start polling" in output and TOKEN.split(":")[1].encode() not in output
+
+    run(scenario(), timeout=120)
+
+
+def test_bot_command_without_a_token_exits_2(isolated_env):
+    env = {key: value for key, value in isolated_env.items() if key != "ARTCHAIN_TELEGRAM_TOKEN"}
+    result = run_cli("bot", env=env)
+    assert result.returncode == 2
+    assert "no Telegram token" in result.stderr and len(result.stderr.strip().splitlines()) == 1
