@@ -1,7 +1,6 @@
 """The engine: model cache, device choice, progress, cancellation, thread safety, Python API."""
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest

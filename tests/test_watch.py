@@ -3,7 +3,6 @@ kill -9 at random moments while files flow; every input must end with exactly on
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 import signal

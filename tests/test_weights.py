@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import threading
-from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest

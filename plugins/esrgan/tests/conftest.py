@@ -10,8 +10,8 @@ from PIL import Image
 
 from artchain.plugins.esrgan import build_model
 from artchain.plugins.esrgan.ncnn_convert import derive_x4plus
+from support import shared_file
 
-SEED_IMAGES = Path(__file__).resolve().parents[3] / "../shared/seed-images"
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +30,6 @@ def x4plus(x4plus_file):
 
 def photo(name: str) -> torch.Tensor:
     """A seed photo as a (1, 3, H, W) batch in [0, 1]."""
-    path = SEED_IMAGES / name
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (shared/ is not beside the repository)")
+    path = shared_file("seed-images", name)
     pixels = np.array(Image.open(path).convert("RGB"), dtype=np.float32) / 255
     return torch.from_numpy(pixels).permute(2, 0, 1)[None]

@@ -3,7 +3,6 @@ beats bicubic on a real photo."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,19 +12,17 @@ from artchain.core.errors import Cancelled, ChainError, WeightsError
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import EsrganProcessor, artchain_processors, build_model, upscale
+from support import shared_file
 
 from .conftest import photo
 
-SEED_LAYOUT = Path(__file__).resolve().parents[3] / "../shared/checkpoint-layouts/seed-esrgan-rrdb-x4-oldkeys.json"
 
 
 def seed_checkpoint() -> dict[str, torch.Tensor]:
     """The seed's RRDB_ESRGAN_x4.pth layout, filled deterministically (fan-in scaled normals)."""
-    if not SEED_LAYOUT.is_file():
-        pytest.skip(f"{SEED_LAYOUT} is absent")
     generator = torch.Generator().manual_seed(4)
     state = {}
-    for name, shape in json.loads(SEED_LAYOUT.read_text())["keys"]:
+    for name, shape in json.loads(shared_file("checkpoint-layouts", "seed-esrgan-rrdb-x4-oldkeys.json").read_text())["keys"]:
         fan_in = shape[1] * shape[2] * shape[3] if len(shape) == 4 else 1
         state[name] = torch.randn(shape, generator=generator) * (0.5 / fan_in ** 0.5)
     return state

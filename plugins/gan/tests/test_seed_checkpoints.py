@@ -15,13 +15,13 @@ from artchain.core.errors import WeightsError
 from artchain.core.processor import StepContext
 from artchain.core.weights import WeightStore
 from artchain.plugins.gan.processors import CycleGanCubism, Pix2PixNeon
+from support import shared_file
 
-LAYOUTS = Path(__file__).parent / "layouts"  # copies of shared/checkpoint-layouts
 CPU = torch.device("cpu")
 
 
 def layout(name: str) -> dict:
-    return json.loads((LAYOUTS / name).read_text())
+    return json.loads(shared_file("checkpoint-layouts", name).read_text())
 
 
 def deterministic_state(keys: list) -> dict[str, torch.Tensor]:
