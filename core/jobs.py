@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 
 from . import imageio
-from .errors import ArtchainError
+from .errors import ArtchainError, ImageError
 from .processor import CancelToken
+
+# A chain refers to a job's attachment NAME as "{attachments}/NAME"; the job runner writes the
+# attachments into a folder of the job's own and puts that folder's path in place of the marker.
+ATTACHMENTS = "{attachments}"
+_ATTACHMENT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 class QueueFull(ArtchainError):
@@ -31,6 +39,9 @@ class JobRequest:
     output_format: str = "PNG"  # PNG, JPEG or WEBP
     name: str = "image"  # for messages: a file name, "photo from @user", ...
     device: str | None = None
+    # Further images a step reads as files (nst's style image), by file name. They travel inside
+    # the job, so a worker on another machine has them too.
+    attachments: Mapping[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ def run_job(engine, request: JobRequest, on_status: StatusFn | None = None,
             cancel: CancelToken | None = None) -> JobResult:
     """Decodes, runs and encodes one job synchronously; every executor calls this."""
     picture = imageio.decode_image(request.image, engine.config.limits, request.name)
+    _check_attachments(request, engine.config.limits.max_bytes)
     status = JobStatus()
 
     def progress(index: int, count: int, name: str, fraction: float) -> None:
@@ -72,9 +84,22 @@ def run_job(engine, request: JobRequest, on_status: StatusFn | None = None,
         if on_status:
             on_status(status)
 
-    result = engine.execute(request.chain, picture, device=request.device, progress=progress, cancel=cancel)
+    with tempfile.TemporaryDirectory(prefix="artchain-job-") as folder:
+        for file_name, data in request.attachments.items():
+            (Path(folder) / file_name).write_bytes(data)
+        chain = request.chain.replace(ATTACHMENTS, folder)
+        result = engine.execute(chain, picture, device=request.device, progress=progress, cancel=cancel)
     data = imageio.encode_image(result.image, request.output_format, engine.config.output, picture.exif)
     return JobResult(data, request.output_format, result.image.size, result.chain.describe(), result.seconds)
+
+
+def _check_attachments(request: JobRequest, max_bytes: int) -> None:
+    for file_name, data in request.attachments.items():
+        if not _ATTACHMENT_NAME.fullmatch(file_name):
+            raise ImageError(f"{request.name}: attachment name {file_name!r} is not a plain file name")
+        if len(data) > max_bytes:
+            raise ImageError(f"{request.name}: attachment {file_name} is {len(data)} bytes, over the "
+                             f"limit of {max_bytes}")
 
 
 @dataclass(eq=False)

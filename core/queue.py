@@ -83,7 +83,9 @@ def _engine():
 def _run_job_task(task, payload: dict[str, Any]) -> dict[str, Any]:
     engine = _engine()
     image = base64.b64decode(payload["image"])
-    request = JobRequest(payload["chain"], image, payload["output_format"], payload["name"], payload.get("device"))
+    attachments = {name: base64.b64decode(data) for name, data in payload.get("attachments", {}).items()}
+    request = JobRequest(payload["chain"], image, payload["output_format"], payload["name"], payload.get("device"),
+                         attachments)
     last = [0.0]
 
     def report(status: JobStatus) -> None:
@@ -144,14 +146,17 @@ class CeleryExecutor:
 
     async def submit(self, request: JobRequest, on_status: StatusFn | None = None,
                      cancel: CancelToken | None = None) -> JobResult:
-        if len(request.image) > self.config.limits.max_bytes:
-            raise ImageError(f"{request.name}: {len(request.image)} bytes is over the limit of "
-                             f"{self.config.limits.max_bytes}")
+        for data in (request.image, *request.attachments.values()):
+            if len(data) > self.config.limits.max_bytes:
+                raise ImageError(f"{request.name}: {len(data)} bytes is over the limit of "
+                                 f"{self.config.limits.max_bytes}")
         if self._in_flight >= self.config.queue.max_in_flight:
             raise QueueFull(f"busy: {self._in_flight} jobs in flight, the limit is {self.config.queue.max_in_flight}")
         cancel = cancel or CancelToken()
         payload = {"chain": request.chain, "image": base64.b64encode(request.image).decode("ascii"),
-                   "output_format": request.output_format, "name": request.name, "device": request.device}
+                   "output_format": request.output_format, "name": request.name, "device": request.device,
+                   "attachments": {name: base64.b64encode(data).decode("ascii")
+                                   for name, data in request.attachments.items()}}
         self._in_flight += 1
         try:
             async_result = await asyncio.to_thread(self.app.send_task, TASK_NAME, args=[payload])

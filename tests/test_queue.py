@@ -19,7 +19,7 @@ from PIL import Image
 
 from artchain.core.config import load_config
 from artchain.core.errors import ImageError
-from artchain.core.jobs import JobRequest
+from artchain.core.jobs import ATTACHMENTS, JobRequest
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (Debian: apt-get install redis-server)")
@@ -133,7 +133,7 @@ def test_two_workers_one_killed_every_result_once(tmp_path, queue_config, isolat
 
 
 @pytest.mark.slow
-def test_a_bad_job_fails_for_good_with_its_reason(tmp_path, queue_config, isolated_env):
+def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_path, queue_config, isolated_env):
     from artchain.core.queue import CeleryExecutor
 
     log = tmp_path / "w.log"
@@ -143,6 +143,14 @@ def test_a_bad_job_fails_for_good_with_its_reason(tmp_path, queue_config, isolat
         executor = CeleryExecutor(load_config(queue_config))
         with pytest.raises(ImageError, match="broken.jpg: not an image file"):
             asyncio.run(executor.submit(JobRequest(CHAIN, b"not an image", "PNG", "broken.jpg")))
+        # The style exists only inside the job: the worker must materialise it for the nst step.
+        styled = asyncio.run(executor.submit(JobRequest(
+            f"nst:style={ATTACHMENTS}/style.png:size=48:steps=2:scales=1", picture(0), "PNG", "content.png",
+            attachments={"style.png": picture(7)})))
+        assert styled.size == (48, 36) and styled.chain.startswith("nst:style=")
+        with pytest.raises(ImageError, match="not a plain file name"):
+            asyncio.run(executor.submit(JobRequest(CHAIN, picture(0), "PNG", "sneaky.png",
+                                                   attachments={"../escape.png": picture(1)})))
         executor.shutdown()
     finally:
         os.killpg(worker.pid, signal.SIGKILL)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -19,7 +18,7 @@ from aiogram.types import BufferedInputFile, CallbackQuery, Message, ReplyParame
 
 from artchain.core.config import Limits, Telegram
 from artchain.core.errors import ArtchainError, Cancelled
-from artchain.core.jobs import JobRequest, JobResult, QueueFull, StatusFn
+from artchain.core.jobs import ATTACHMENTS, JobRequest, JobResult, QueueFull, StatusFn
 
 from .jobs import StatusMessage, UserJobs
 from .menu import ChainChoice, ChainMenu, ChainOption
@@ -226,16 +225,16 @@ async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOpti
 async def _process(bot: Bot, context: BotContext, status: StatusMessage, option: ChainOption, content: Source,
                    style: Source | None) -> JobResult:
     image = await _download(bot, content)
-    with tempfile.TemporaryDirectory(prefix="artchain-telegram-") as folder:
-        style_path = None
-        if style is not None:
-            # Steps take a style image as a file; this job's own folder keeps it private.
-            style_path = Path(folder) / f"style{Path(style.name).suffix.lower() or '.jpg'}"
-            await asyncio.to_thread(style_path.write_bytes, await _download(bot, style))
-        request = JobRequest(option.chain_text(style_path), image, "PNG" if content.as_document else "JPEG",
-                             content.name)
-        status.show(f"{option.chain}: queued...")
-        return await context.executor.submit(request, on_status=status.show_status)
+    attachments, style_file = {}, None
+    if style is not None:
+        # The style travels inside the job, so it stays this job's own, on any worker.
+        file_name = f"style{Path(style.name).suffix.lower() or '.jpg'}"
+        attachments[file_name] = await _download(bot, style)
+        style_file = f"{ATTACHMENTS}/{file_name}"
+    request = JobRequest(option.chain_text(style_file), image, "PNG" if content.as_document else "JPEG",
+                         content.name, attachments=attachments)
+    status.show(f"{option.chain}: queued...")
+    return await context.executor.submit(request, on_status=status.show_status)
 
 
 async def _download(bot: Bot, source: Source) -> bytes:

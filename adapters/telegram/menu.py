@@ -34,8 +34,8 @@ class ChainOption:
     description: str  # the steps it runs
     needs_style: bool
 
-    def chain_text(self, style: Path | None = None) -> str:
-        """The chain to run; a style chain gets the style image's path on its first step."""
+    def chain_text(self, style: Path | str | None = None) -> str:
+        """The chain to run; a style chain gets the style image's file on its first step."""
         if not self.needs_style:
             return self.chain
         if style is None:
