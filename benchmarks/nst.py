@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,9 +30,15 @@ from artchain.plugins.nst.transfer import Objective, optimise_scale
 SEED_IMAGES = Path(__file__).resolve().parents[1] / "../shared/seed-images"
 
 
-def load_pair(long_side: int) -> tuple[torch.Tensor, torch.Tensor]:
-    content = to_tensor(open_image(SEED_IMAGES / "content.png", Limits()).rgb)
-    style = to_tensor(open_image(SEED_IMAGES / "style.png", Limits()).rgb)
+@dataclass(frozen=True)
+class Pair:
+    content: Path
+    style: Path
+
+
+def load_pair(pair: Pair, long_side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    content = to_tensor(open_image(pair.content, Limits()).rgb)
+    style = to_tensor(open_image(pair.style, Limits()).rgb)
     height, width = content.shape[-2:]
     scale = long_side / max(height, width)
     return resize(content, round(height * scale), round(width * scale)), style
@@ -48,15 +55,16 @@ def has_trained_vgg19(store: WeightStore) -> bool:
     return store.status(VGG19_ID).state in ("present", "imported", "bundled")
 
 
-def artchain_seconds_per_step(backbone: str, long_side: int, steps: int, store: WeightStore) -> tuple[float, float]:
+def artchain_seconds_per_step(pair: Pair, backbone: str, long_side: int, steps: int,
+                              store: WeightStore) -> tuple[float, float]:
     """The nst step's own code at one scale; the network is built once, as the engine caches it."""
     step = StyleTransfer()
-    params = StyleTransfer.parse_params({"style": SEED_IMAGES / "style.png", "backbone": backbone,
+    params = StyleTransfer.parse_params({"style": pair.style, "backbone": backbone,
                                          "steps": steps, "scales": 1, "plateau": 0})
     started = time.perf_counter()
     network = vgg19_network(store) if backbone == VGG19_ID else step.load(params, store, torch.device("cpu"))
     setup = time.perf_counter() - started
-    content, style = load_pair(long_side)
+    content, style = load_pair(pair, long_side)
     settings = step.settings(network, params)
     evaluations = 0
 
@@ -74,12 +82,12 @@ def artchain_seconds_per_step(backbone: str, long_side: int, steps: int, store: 
     return (time.perf_counter() - started) / evaluations, setup
 
 
-def seed_style_seconds_per_step(store: WeightStore, evaluations: int) -> tuple[float, float]:
+def seed_style_seconds_per_step(pair: Pair, store: WeightStore, evaluations: int) -> tuple[float, float]:
     """The seed: build VGG19 for the request, squash the style to the content's shape, run LBFGS."""
     started = time.perf_counter()
     network = vgg19_network(store)
-    content, style = load_pair(512)
-    params = StyleTransfer.parse_params({"style": SEED_IMAGES / "style.png", "backbone": VGG19_ID})
+    content, style = load_pair(pair, 512)
+    params = StyleTransfer.parse_params({"style": pair.style, "backbone": VGG19_ID})
     settings = StyleTransfer().settings(network, params)
     with torch.enable_grad():
         objective = Objective(network, content, resize(style, *content.shape[-2:]), settings)
@@ -107,18 +115,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8, help="steps timed per contestant and size")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--content", type=Path, default=SEED_IMAGES / "content.png",
+                        help="content image (default: the seed's pair in ../shared/seed-images)")
+    parser.add_argument("--style", type=Path, default=SEED_IMAGES / "style.png", help="style image")
     args = parser.parse_args()
+    pair = Pair(args.content, args.style)
     torch.set_num_threads(args.threads)
     store = WeightStore()
     vgg_note = "trained" if has_trained_vgg19(store) else "random"
     rows = []
-    artchain_seconds_per_step("efficientnet-lite0", 256, 2, store)  # warm-up: one-off start-up costs
+    artchain_seconds_per_step(pair, "efficientnet-lite0", 256, 2, store)  # warm-up: one-off start-up costs
     for backbone in ("efficientnet-lite0", "vgg19"):
         for long_side in (256, 512):
-            per_step, setup = artchain_seconds_per_step(backbone, long_side, args.steps, store)
+            per_step, setup = artchain_seconds_per_step(pair, backbone, long_side, args.steps, store)
             label = f"artchain/{backbone}" + (f" ({vgg_note} weights)" if backbone == "vgg19" else "")
             rows.append((label, long_side, per_step, setup))
-    per_step, setup = seed_style_seconds_per_step(store, args.steps)
+    per_step, setup = seed_style_seconds_per_step(pair, store, args.steps)
     rows.append((f"seed-style vgg19 ({vgg_note} weights)", 512, per_step, setup))
     print(f"torch {torch.__version__}, {args.threads} threads, {args.steps} steps each\n")
     print(f"{'implementation':<40} {'px':>4} {'s/step':>8} {'setup s':>8}")
