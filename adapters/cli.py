@@ -210,7 +210,7 @@ def _weight_state(store, weight_id: str) -> str:
 
 @app.command()
 def bot() -> None:
-    """Run the Telegram bot: long polling, or a webhook when telegram.webhook.url is set (docs/telegram.md)."""
+    """Run the Telegram bot: long polling, or a webhook when telegram.webhook.url is set (README: Telegram bot)."""
     import asyncio
 
     from aiogram.utils.token import TokenValidationError

@@ -1,5 +1,5 @@
-"""Builds the README gallery: runs artchain itself on the photos scikit-image ships and writes
-docs/gallery/<photo>-<chain>.jpg plus docs/gallery/README.md (a markdown table to paste or link).
+"""Builds the README gallery: runs artchain itself on the photos scikit-image ships, writes
+docs/gallery/<photo>-<chain>.jpg and puts their table into README.md between the gallery markers.
 
     python scripts/gallery.py [--chains cubism renaissance expressionism neon] [--width 384]
 
@@ -13,7 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
-GALLERY = Path(__file__).resolve().parent.parent / "docs" / "gallery"
+ROOT = Path(__file__).resolve().parent.parent
+GALLERY = ROOT / "docs" / "gallery"
+README = ROOT / "README.md"
+START, END = "<!-- gallery: made by scripts/gallery.py -->", "<!-- gallery end -->"
 # Only photos whose licence allows redistribution: chelsea and coffee are CC0, astronaut and rocket
 # public domain.
 PHOTOS = ("chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg")
@@ -31,7 +34,7 @@ def cell(image: Image.Image, width: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
-def build(chains: list[str], width: int, out_dir: Path = GALLERY) -> Path:
+def build(chains: list[str], width: int, out_dir: Path = GALLERY, readme: Path = README) -> Path:
     import artchain
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,18 +44,22 @@ def build(chains: list[str], width: int, out_dir: Path = GALLERY) -> Path:
         stem = Path(name).stem
         photo = load_photo(name)
         cell(photo, width).save(out_dir / f"{stem}.jpg", quality=88)
-        cells = [f"![{stem}]({stem}.jpg)"]
+        link = out_dir.relative_to(readme.parent).as_posix()
+        cells = [f"![{stem}]({link}/{stem}.jpg)"]
         for chain in chains:
             styled = artchain.run(f"{chain},resize-back", photo)
             file_name = f"{stem}-{chain.replace(',', '+').replace(':', '-').replace('=', '-')}.jpg"
             cell(styled, width).save(out_dir / file_name, quality=88)
-            cells.append(f"![{stem} {chain}]({file_name})")
+            cells.append(f"![{stem} {chain}]({link}/{file_name})")
             print(f"{file_name}")
         rows.append("| " + " | ".join(cells) + " |")
-    index = out_dir / "README.md"
-    index.write_text("# Gallery\n\nMade by `python scripts/gallery.py` (artchain run on the photos "
-                     "bundled with scikit-image).\n\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    return index
+    text = readme.read_text(encoding="utf-8")
+    before, start, rest = text.partition(START)
+    _, end, after = rest.partition(END)
+    if not (start and end):
+        raise SystemExit(f"{readme}: the markers {START} and {END} are missing")
+    readme.write_text(before + START + "\n" + "\n".join(rows) + "\n" + END + after, encoding="utf-8")
+    return readme
 
 
 def main() -> None:
