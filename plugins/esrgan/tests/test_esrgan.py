@@ -68,6 +68,21 @@ def test_seed_checkpoint_imports_and_runs_as_the_seed_did(tmp_path):
     torch.testing.assert_close(upscale(image, model, tile=0, overlap=0), expected, rtol=0, atol=1e-4)
 
 
+def test_real_esrgan_release_format_imports_and_runs(tmp_path, x4plus_file, x4plus):
+    """The authors' RealESRGAN_x4plus.pth keeps its state dict under `params_ema`."""
+    from safetensors.torch import load_file
+
+    source = tmp_path / "RealESRGAN_x4plus.pth"
+    torch.save({"params_ema": load_file(x4plus_file)}, source)
+    store = WeightStore(tmp_path / "store")
+    store.import_file(source, "esrgan-x4plus-pth")
+    params = EsrganProcessor.parse_params({"weights": "esrgan-x4plus-pth"})
+    model = EsrganProcessor().load(params, store, torch.device("cpu"))
+    image = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(upscale(image, model, tile=0, overlap=0), upscale(image, x4plus, tile=0, overlap=0),
+                               rtol=0, atol=0)
+
+
 def test_unknown_architecture_is_named_in_the_error():
     with pytest.raises(WeightsError, match=r"unknown checkpoint architecture \(2 tensors, first keys: "
                                            r"encoder.weight, encoder.bias\)"):
