@@ -16,6 +16,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -129,17 +130,22 @@ def load_safely(path: Path) -> dict:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path.name}: not a readable safetensors file ({exc})") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the error below says enough
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "unsupported content"
-        if "weights_only" in str(exc) or "global" in str(exc).lower():
-            raise WeightsError(
-                f"{path.name}: refused: the file holds Python objects or code, not just tensors "
-                "(only safetensors or weights-only checkpoints are loaded)") from None
-        raise WeightsError(f"{path.name}: not a readable checkpoint ({reason})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        # The weights-only unpickler cannot tell code from garbage: both are opcodes or globals it
+        # does not allow. Its own one-line reason follows "WeightsUnpickler error:".
+        detail = str(exc).partition("WeightsUnpickler error:")[2].strip().split("\n")[0].split(". ")[0]
+        raise WeightsError(
+            f"{path.name}: refused: not just tensors (Python objects, code or unknown data: "
+            f"{detail or 'unsupported content'}); only safetensors or weights-only checkpoints are loaded") from None
+    except Exception as exc:  # noqa: BLE001 - on arbitrary bytes the unpickler fails in any way it likes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"{path.name}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path.name}: holds a {type(state).__name__}, not a dictionary of tensors")
+    return state
 
 
 class WeightStore:

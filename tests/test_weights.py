@@ -135,6 +135,15 @@ def test_pickle_carrying_code_is_refused(tmp_path, writer, capsys):
     assert "code ran" not in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("content", [b"hello", bytes(range(256)) * 8, b"\x80\x02}q\x00h\x65.",
+                                     pickle.dumps([1, 2, 3], protocol=2)])
+def test_any_other_file_is_a_clear_error(tmp_path, content):
+    other = tmp_path / "other.pth"
+    other.write_bytes(content)
+    with pytest.raises(WeightsError, match="other.pth: (not a readable checkpoint|refused: not just tensors|holds a list)"):
+        load_safely(other)
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     good = tmp_path / "good.pth"
     torch.save({"w": torch.ones(1000)}, good)
