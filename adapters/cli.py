@@ -90,8 +90,8 @@ def run(
         raise fail("-o/--output takes one input; use --out-dir for several")
     if output and out_dir:
         raise fail("give -o/--output or --out-dir, not both")
-    if out_dir and not out_dir.is_dir():
-        raise fail(f"{out_dir}: output directory does not exist")
+    if out_dir and out_dir.exists() and not out_dir.is_dir():
+        raise fail(f"{out_dir}: exists and is not a directory")
     try:
         engine = State.engine()
         if remote:  # the workers hold the weights; here the chain's text is checked
@@ -100,6 +100,11 @@ def run(
             prepared, where = engine.prepare(chain, device)
     except ArtchainError as exc:
         raise fail(str(exc)) from None
+    if out_dir:  # created only once the chain is known to be good
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise fail(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
     out.print(f"chain: {prepared.describe()}  [dim]on {where}[/dim]")
     runner = _remote_runner(engine, chain, device) if remote else _local_runner(engine, prepared, device)
     failures = 0

@@ -63,6 +63,10 @@ def test_output_options(tmp_path, photo, isolated_env):
     assert Image.open(target).format == "WEBP" and Image.open(target).width == 64
     assert Image.open(tmp_path / "out.compare.webp").width > 64
     assert "resize:width=64" in result.stdout
+    results = tmp_path / "new" / "results"
+    result = run_cli("run", "resize:width=64", photo, "--out-dir", results, env=isolated_env)
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in results.iterdir()] == ["photo.resize-width-64.png"]
 
 
 @pytest.mark.parametrize("chain, message", [
@@ -70,10 +74,11 @@ def test_output_options(tmp_path, photo, isolated_env):
     ("resize:width=wide", "resize: parameter width must be a whole number"),
 ])
 def test_chain_errors_stop_before_any_work(tmp_path, photo, isolated_env, chain, message):
-    result = run_cli("run", chain, photo, "--out-dir", tmp_path, env=isolated_env)
+    result = run_cli("run", chain, photo, "--out-dir", tmp_path / "results", env=isolated_env)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.glob("photo.*.*")) == []  # no output beside the input
+    assert not (tmp_path / "results").exists()  # nor an empty output directory
 
 
 @pytest.mark.parametrize("target, message", [
