@@ -106,7 +106,10 @@ def run(
         except OSError as exc:
             raise fail(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
     out.print(f"chain: {prepared.describe()}  [dim]on {where}[/dim]")
-    runner = _remote_runner(engine, chain, device) if remote else _local_runner(engine, prepared, device)
+    try:
+        runner = _remote_runner(engine, prepared, device) if remote else _local_runner(engine, prepared, device)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
     failures = 0
     for source in inputs:
         destination = output or output_path(source, chain, out_dir)
@@ -137,20 +140,22 @@ def _local_runner(engine, chain, device):
     return run_here
 
 
-def _remote_runner(engine, chain: str, device):
-    """Sends the file's bytes to the queue and waits for the workers' result."""
+def _remote_runner(engine, chain, device):
+    """Sends the file's bytes, and the files the chain's steps read, to the queue and waits for
+    the workers' result."""
     import asyncio
     import io
 
     from PIL import Image
 
-    from artchain.core.jobs import JobRequest
+    from artchain.core.jobs import JobRequest, with_attachments
     from artchain.core.queue import CeleryExecutor
 
     executor = CeleryExecutor(engine.config)
+    chain_text, attachments = with_attachments(chain)
 
     def run_remotely(source: Path, picture):
-        request = JobRequest(chain, source.read_bytes(), "PNG", source.name, device)
+        request = JobRequest(chain_text, source.read_bytes(), "PNG", source.name, device, attachments)
         result = asyncio.run(executor.submit(request))
         image = Image.open(io.BytesIO(result.image))
         image.load()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import imageio
+from .chain import Chain, Step
 from .errors import ArtchainError, ImageError
 from .processor import CancelToken
 
@@ -91,6 +92,29 @@ def run_job(engine, request: JobRequest, on_status: StatusFn | None = None,
         result = engine.execute(chain, picture, device=request.device, progress=progress, cancel=cancel)
     data = imageio.encode_image(result.image, request.output_format, engine.config.output, picture.exif)
     return JobResult(data, request.output_format, result.image.size, result.chain.describe(), result.seconds)
+
+
+def with_attachments(chain: Chain) -> tuple[str, dict[str, bytes]]:
+    """The chain as text in which every file a step reads (a path parameter, like nst's style) is
+    replaced by a job attachment, and those attachments: the job then carries its files to
+    whichever machine runs it."""
+    steps, attachments = [], {}
+    for index, step in enumerate(chain.steps):
+        params = dict(step.params)
+        for param in step.processor.params:
+            path = params.get(param.name)
+            if param.type is not Path or path is None:
+                continue
+            file_name = f"{index}-{param.name}{path.suffix.lower()}"
+            if not _ATTACHMENT_NAME.fullmatch(file_name):  # an odd suffix; the content decides anyway
+                file_name = f"{index}-{param.name}"
+            try:
+                attachments[file_name] = path.read_bytes()
+            except OSError as exc:
+                raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
+            params[param.name] = Path(f"{ATTACHMENTS}/{file_name}")
+        steps.append(Step(step.processor, params, step.source).describe())
+    return ",".join(steps), attachments
 
 
 def _check_attachments(request: JobRequest, max_bytes: int) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from artchain.core.config import load_config
 from artchain.core.engine import Engine
 from artchain.core.errors import Cancelled, ImageError
 from artchain.core.hookspecs import hookimpl
-from artchain.core.jobs import JobRequest, LocalExecutor, QueueFull
+from artchain.core.jobs import ATTACHMENTS, JobRequest, LocalExecutor, QueueFull, with_attachments
 from artchain.core.plugins import discover
 from artchain.core.processor import CancelToken, Param, Processor
 
@@ -33,10 +35,22 @@ class SlowShade(Processor):
         return batch * 0 + params["level"] / 255
 
 
+class FillFrom(Processor):
+    """Fills the image with the colour of the top-left pixel of another image file."""
+
+    name = "fill-from"
+    description = "test: fill with the colour of a file's first pixel"
+    params = (Param("source", Path),)
+
+    def process(self, batch, model, params, ctx):
+        red, green, blue = Image.open(params["source"]).convert("RGB").getpixel((0, 0))
+        return batch * 0 + torch.tensor([red, green, blue]).view(1, 3, 1, 1) / 255
+
+
 class TestPlugin:
     @hookimpl
     def artchain_processors(self):
-        return [SlowShade]
+        return [SlowShade, FillFrom]
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +157,37 @@ def test_event_loop_stays_responsive_while_jobs_run(engine):
 
     lags = asyncio.run(scenario())
     assert lags[int(len(lags) * 0.99) - 1] < 0.1
+
+
+def test_files_a_chain_reads_travel_with_the_job(engine, tmp_path):
+    source = tmp_path / "colour.png"
+    Image.new("RGB", (4, 4), (200, 40, 10)).save(source)
+    chain = engine.parser.parse(f"slow-shade:seconds=0,fill-from:source={source}")
+    text, attachments = with_attachments(chain)
+    assert text == f"slow-shade:seconds=0.0,fill-from:source={ATTACHMENTS}/1-source.png"
+    assert attachments == {"1-source.png": source.read_bytes()}
+    source.unlink()  # the job must not need the file any more
+
+    async def run():
+        executor = LocalExecutor(engine)
+        try:
+            return await executor.submit(JobRequest(text, png(), attachments=attachments))
+        finally:
+            executor.shutdown()
+
+    result = asyncio.run(run())
+    assert Image.open(io.BytesIO(result.image)).getpixel((3, 3)) == (200, 40, 10)
+    with pytest.raises(ImageError, match="colour.png: cannot read"):
+        with_attachments(chain)
+
+
+def test_attachment_names_must_be_plain(engine):
+    async def run():
+        executor = LocalExecutor(engine)
+        try:
+            return await executor.submit(JobRequest("slow-shade", png(), attachments={"../x.png": png()}))
+        finally:
+            executor.shutdown()
+
+    with pytest.raises(ImageError, match="not a plain file name"):
+        asyncio.run(run())

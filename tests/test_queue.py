@@ -20,6 +20,7 @@ from PIL import Image
 from artchain.core.config import load_config
 from artchain.core.errors import ImageError
 from artchain.core.jobs import ATTACHMENTS, JobRequest
+from support import run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (Debian: apt-get install redis-server)")
@@ -152,6 +153,15 @@ def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_pat
             asyncio.run(executor.submit(JobRequest(CHAIN, picture(0), "PNG", "sneaky.png",
                                                    attachments={"../escape.png": picture(1)})))
         executor.shutdown()
+        # The command line sends the style file's bytes along too.
+        content, style, output = tmp_path / "content.png", tmp_path / "style.png", tmp_path / "out.png"
+        content.write_bytes(picture(0))
+        style.write_bytes(picture(5))
+        result = run_cli("--config", queue_config, "run", "--remote", f"nst:style={style}:size=40:steps=2:scales=1",
+                         content, "-o", output, env=isolated_env)
+        assert result.returncode == 0, result.stderr
+        assert Image.open(output).size == (40, 30)
+        assert f"{ATTACHMENTS}" not in result.stdout and "artchain-job-" in result.stdout
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)
