@@ -105,6 +105,17 @@ def measure_rss(cache: Path, width: int, height: int, threads: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def compiled_seconds(model, image: torch.Tensor, repeats: int) -> float:
+    """The same forward under torch.compile; the one-off compile time is printed, not counted."""
+    compiled = torch.compile(model.network)
+    window = image.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        compiled(window)
+        print(f"torch.compile: {time.perf_counter() - started:.0f} s to compile for one input shape")
+        return best_seconds(lambda: compiled(window), repeats)
+
+
 def tile_sweep(state: dict, sizes: list[int], overlaps: list[int]) -> None:
     model = build_model(state, torch.device("cpu"))
     print("tile  s/forward  us per owned px (overlap 48)")
@@ -130,6 +141,8 @@ def main() -> None:
     parser.add_argument("--rss-4k", action="store_true",
                         help="also upscale 3840x2160 in a fresh process for peak RSS (long on a CPU)")
     parser.add_argument("--tiles", action="store_true", help="tile-size and overlap sweep instead")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the network under torch.compile (and report its compile time)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "artchain-bench")
     parser.add_argument("--rss-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,14 +175,17 @@ def main() -> None:
             network(image)
 
     naive_s = best_seconds(naive, args.repeats)
+    contestants = [("artchain (tile/overlap default)", artchain_s), ("ncnn CPU runtime", ncnn_s),
+                   ("naive (seed: rebuild + forward)", naive_s)]
+    if args.compile:
+        contestants.append(("artchain + torch.compile", compiled_seconds(model, image, args.repeats)))
     roof = matmul_roof()
     achieved = FLOP_PER_INPUT_PIXEL * pixels / artchain_s
 
     print(f"esrgan x4plus, {args.size}x{args.size} crop, {args.threads} threads, "
           f"torch {torch.__version__}, best of {args.repeats}")
     print(f"{'contestant':<30}{'seconds':>10}{'GFLOP/s':>10}{'vs artchain':>13}")
-    for label, seconds in (("artchain (tile/overlap default)", artchain_s), ("ncnn CPU runtime", ncnn_s),
-                           ("naive (seed: rebuild + forward)", naive_s)):
+    for label, seconds in contestants:
         print(f"{label:<30}{seconds:10.2f}{FLOP_PER_INPUT_PIXEL * pixels / seconds / 1e9:10.1f}"
               f"{seconds / artchain_s:12.2f}x")
     print(f"{'torch.mm fp32 roof':<30}{'':>10}{roof / 1e9:10.1f}")
