@@ -75,6 +75,7 @@ class FakeTelegram:
         self.calls: list[str] = []
         self.callback_answers: list[dict[str, Any]] = []
         self.bad_tokens = 0
+        self.failing_downloads = 0  # the next this many file downloads answer 502 Bad Gateway
         self.commands: list[dict[str, str]] | None = None  # from setMyCommands
         self.menu_button: dict[str, Any] | None = None  # from setChatMenuButton
         self.webhook: dict[str, Any] | None = None  # from setWebhook
@@ -141,6 +142,9 @@ class FakeTelegram:
         data = self._files.get(request.match_info["path"])
         if request.match_info["token"] != self.token or data is None:
             return web.Response(status=404)
+        if self.failing_downloads:
+            self.failing_downloads -= 1
+            return web.Response(status=502)
         return web.Response(body=data)
 
     async def _notify(self) -> None:

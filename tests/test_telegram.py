@@ -218,7 +218,9 @@ def test_style_dialog_takes_content_then_style_and_keeps_them_apart(tmp_path):
     run(scenario())
 
 
-def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path):
+def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+
     async def scenario():
         async with running_bot(tmp_path, limits={"max_pixels": 100_000}) as bot:
             server = bot.server
@@ -255,10 +257,22 @@ def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path):
             status = await server.reply(user, after=seen + 1)
             await server.wait_for(lambda: "not an image file" in server.current_text(user, status.message["message_id"]))
 
+            # Telegram fails to hand over the photo: the user is told, and the log never shows the
+            # download URL, which holds the token.
+            server.failing_downloads = 1
+            seen = len(server.chat(user))
+            keyboard = await bot.photo_keyboard(user, solid((5, 5, 5), 30, 20))
+            await server.user_taps(user, keyboard, "double")
+            status = await server.reply(user, after=seen + 1)
+            await server.wait_for(lambda: "didn't pass the image along" in
+                                  server.current_text(user, status.message["message_id"]))
+
             result = await bot.run_chain(user, solid((90, 90, 90), 30, 20), "double")
             assert decoded(result.file).size == (60, 40)
 
     run(scenario())
+    assert not [r for r in caplog.records if TOKEN.split(":")[1] in r.getMessage()
+                or (r.exc_text and TOKEN.split(":")[1] in r.exc_text)]
 
 
 def test_per_user_limits_cancel_and_a_full_queue(tmp_path):

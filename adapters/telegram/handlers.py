@@ -198,10 +198,20 @@ async def start_job(bot: Bot, context: BotContext, user_id: int, chat_id: int, o
     context.jobs.start(user_id, run_job(bot, context, chat_id, option, content, style))
 
 
+def _transfer_failure(exc: Exception) -> str:
+    """What went wrong talking to Telegram, without the request URL: file URLs hold the token."""
+    status = getattr(exc, "status", None)
+    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+
+
 async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOption, content: Source,
                   style: Source | None) -> None:
-    status = await StatusMessage.send(bot, chat_id, f"{option.chain}: fetching your image...",
-                                      context.settings.status_interval)
+    try:
+        status = await StatusMessage.send(bot, chat_id, f"{option.chain}: fetching your image...",
+                                          context.settings.status_interval)
+    except (TelegramAPIError, ClientError) as exc:  # e.g. the user blocked the bot meanwhile
+        log.warning("job for chat %s not started: %s", chat_id, _transfer_failure(exc))
+        return
     try:
         result = await _process(bot, context, status, option, content, style)
         await _send_result(bot, chat_id, result, content)
@@ -215,8 +225,11 @@ async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOpti
     except ArtchainError as exc:
         outcome = f"Sorry, that didn't work: {exc}"
     except (TelegramAPIError, ClientError) as exc:
-        log.warning("job for chat %s: Telegram transfer failed: %s", chat_id, exc)
+        log.warning("job for chat %s: Telegram transfer failed: %s", chat_id, _transfer_failure(exc))
         outcome = "Sorry, Telegram didn't pass the image along; please try again."
+    except Exception:  # noqa: BLE001 - whatever broke, the user gets an answer and the bot goes on
+        log.exception("job for chat %s failed unexpectedly", chat_id)
+        outcome = "Sorry, something went wrong on my side; please try again later."
     else:
         outcome = f"Done: {result.chain}, {result.size[0]}x{result.size[1]} in {result.seconds:.1f} s."
     await status.finish(outcome)
@@ -228,7 +241,8 @@ async def _process(bot: Bot, context: BotContext, status: StatusMessage, option:
     attachments, style_file = {}, None
     if style is not None:
         # The style travels inside the job, so it stays this job's own, on any worker.
-        file_name = f"style{Path(style.name).suffix.lower() or '.jpg'}"
+        suffix = Path(style.name).suffix.lower()
+        file_name = f"style{suffix if suffix in IMAGE_SUFFIXES else '.jpg'}"  # the content decides anyway
         attachments[file_name] = await _download(bot, style)
         style_file = f"{ATTACHMENTS}/{file_name}"
     request = JobRequest(option.chain_text(style_file), image, "PNG" if content.as_document else "JPEG",
