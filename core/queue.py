@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TASK_NAME = "artchain.run_job"
 PROGRESS_STATE = "PROGRESS"
 POLL_SECONDS = 0.2
+QUEUE_LENGTH_EVERY_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 0.5
 
 
@@ -132,17 +133,24 @@ class CeleryExecutor:
         self.config = config
         self.app = app or make_app(config)
         self._in_flight = 0
+        self._queue_length: tuple[float, int | None] = (0.0, None)  # (when asked, answer)
 
     @property
     def load(self) -> int:
         return self._in_flight
 
     def _waiting_in_broker(self) -> int | None:
+        """Jobs waiting in the broker, asked at most once a second for all the jobs being awaited."""
+        asked, length = self._queue_length
+        if time.monotonic() - asked < QUEUE_LENGTH_EVERY_SECONDS:
+            return length
         try:
             with self.app.connection_for_read() as connection:
-                return connection.default_channel.client.llen(self.config.queue.name)
+                length = connection.default_channel.client.llen(self.config.queue.name)
         except Exception:  # noqa: BLE001 - a position is a courtesy; no broker answer, no position
-            return None
+            length = None
+        self._queue_length = (time.monotonic(), length)
+        return length
 
     async def submit(self, request: JobRequest, on_status: StatusFn | None = None,
                      cancel: CancelToken | None = None) -> JobResult:
@@ -168,11 +176,15 @@ class CeleryExecutor:
                      cancel: CancelToken) -> JobResult:
         deadline = time.monotonic() + self.config.queue.visibility_timeout + self.config.queue.time_limit
         last_status = None
+
+        async def revoke() -> None:
+            # Terminating stops the pool process running it; a revoked job is not requeued.
+            await asyncio.to_thread(async_result.revoke, terminate=True)
+
         try:
             while True:
                 if cancel.cancelled:
-                    # Terminating stops the pool process running it; a revoked job is not requeued.
-                    await asyncio.to_thread(async_result.revoke, terminate=True)
+                    await revoke()
                     raise Cancelled("cancelled")
                 state, info = await asyncio.to_thread(lambda: (async_result.state, async_result.info))
                 if state == "SUCCESS":
@@ -180,13 +192,17 @@ class CeleryExecutor:
                 if state in {"FAILURE", "REVOKED"}:
                     reason = "time limit exceeded" if isinstance(info, TimeLimitExceeded) else str(info)
                     raise JobFailed(f"{request.name}: the worker failed ({reason})")
-                status = self._status(state, info)
+                status = await asyncio.to_thread(self._status, state, info)
                 if on_status and status is not None and status != last_status:
                     last_status = status
                     on_status(status)
                 if time.monotonic() > deadline:
+                    await revoke()
                     raise JobFailed(f"{request.name}: no worker finished the job in time")
                 await asyncio.sleep(POLL_SECONDS)
+        except asyncio.CancelledError:  # the caller gave up (/cancel, Ctrl-C): so does the worker
+            await revoke()
+            raise
         finally:
             await asyncio.to_thread(async_result.forget)
 

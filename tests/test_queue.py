@@ -152,6 +152,24 @@ def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_pat
         with pytest.raises(ImageError, match="not a plain file name"):
             asyncio.run(executor.submit(JobRequest(CHAIN, picture(0), "PNG", "sneaky.png",
                                                    attachments={"../escape.png": picture(1)})))
+
+        async def give_up_on_a_long_job():
+            received = log.read_text().count("received")
+            long_job = asyncio.create_task(executor.submit(JobRequest(
+                f"nst:style={ATTACHMENTS}/style.png:size=256:steps=5000:scales=1:plateau=0", picture(0),
+                attachments={"style.png": picture(7)})))
+            while log.read_text().count("received") == received:  # until the worker holds it
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1)
+            long_job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await long_job
+            started = time.monotonic()
+            await executor.submit(JobRequest(CHAIN, picture(0)))
+            return time.monotonic() - started
+
+        # The abandoned job (minutes of work) is revoked, so the single worker is free at once.
+        assert asyncio.run(give_up_on_a_long_job()) < 30
         executor.shutdown()
         # The command line sends the style file's bytes along too.
         content, style, output = tmp_path / "content.png", tmp_path / "style.png", tmp_path / "out.png"
