@@ -14,6 +14,7 @@ uses the stored running statistics and no dropout instead (the usual PyTorch inf
 """
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 from artchain.core.errors import ImageError
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
 
     from artchain.core.weights import WeightStore
 
+# Dropout draws from torch's one global generator: jobs on parallel threads would consume each
+# other's draws, so the seeded section runs one at a time.
+_SEEDED_DROPOUT = threading.Lock()
 MIN_SIDE = 8  # below this an image has no aspect worth keeping and reflect padding is meaningless
 MAX_WORKING_PIXELS = 2048 * 2048  # caps memory on extreme aspect ratios or huge `size` values
 
@@ -150,7 +154,7 @@ class Pix2PixNeon(GanStyle):
         import torch
 
         devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with _SEEDED_DROPOUT, torch.random.fork_rng(devices=devices):
             torch.manual_seed(ctx.seed)
             return model(x)
 

@@ -152,3 +152,21 @@ def test_odd_size_through_the_engine_with_resize_back(tmp_path, registry):
     assert engine.run("cubism:size=64,resize-back", photo, device="cpu").size == (333, 517)
     with pytest.raises(ImageError):
         engine.run("cubism", Image.new("RGB", (1, 1)), device="cpu")
+
+
+def test_neon_gives_the_same_result_when_jobs_run_side_by_side():
+    """Seeded dropout must not be disturbed by another job drawing from torch's global generator."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    processor = Pix2PixNeon()
+    params = processor.parse_params({"size": 64})
+    model = processor.load(params, WeightStore(), torch.device("cpu"))  # the committed demo weights
+    image = gradient_image(64, 80)
+
+    def run(_: int) -> torch.Tensor:
+        return processor.process(image, model, params, StepContext(torch.device("cpu"), (80, 64), seed=3))
+
+    alone = run(0)
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(run, range(16)))
+    assert all(torch.equal(alone, result) for result in side_by_side)
