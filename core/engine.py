@@ -47,10 +47,12 @@ class RunResult:
 
 
 def model_bytes(model: Any) -> int:
-    """Memory a cached model holds; modules report their tensors, anything else counts as small."""
+    """Memory a cached model holds; modules report their tensors (also a module a plugin wraps as
+    its `network` attribute), anything else counts as small."""
     total = 0
     modules = model if isinstance(model, (list, tuple)) else [model]
     for module in modules:
+        module = getattr(module, "network", module)
         if isinstance(module, torch.nn.Module):
             for tensor in [*module.parameters(), *module.buffers()]:
                 total += tensor.numel() * tensor.element_size()

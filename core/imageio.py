@@ -111,8 +111,8 @@ def _to_picture(image: Image.Image) -> Picture:
     alpha = None
     if image.mode in _SIXTEEN_BIT:
         image = _sixteen_bit_to_l(image)
-    elif image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif "transparency" in image.info and image.mode in {"P", "L", "RGB"}:
+        image = image.convert("RGBA")  # a palette entry or colour key marks the transparent pixels
     if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         alpha = image.getchannel("A")
         if alpha.getextrema() == (255, 255):
@@ -147,7 +147,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
 
 def to_image(batch: torch.Tensor) -> Image.Image:
     """(1, 3, H, W) tensor in [0, 1] -> RGB PIL image (rounded, not truncated)."""
-    array = batch[0].detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    # One new float copy at most (clamp), then in place: the result of an x4 upscale is large.
+    array = batch[0].detach().float().clamp(0, 1).mul_(255).round_().byte().permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
@@ -184,7 +185,11 @@ def encode_image(image: Image.Image, image_format: str, options: Output, exif: b
     if options.keep_metadata and exif:
         save_args["exif"] = _exif_without_orientation(exif)
     buffer = io.BytesIO()
-    image.save(buffer, image_format, **save_args)
+    try:
+        image.save(buffer, image_format, **save_args)
+    except (OSError, ValueError) as exc:  # e.g. WebP past 16383 px, JPEG past 65500 px
+        raise ImageError(f"cannot encode a {image.width}x{image.height} image as {image_format} "
+                         f"({exc}); choose another format") from None
     return buffer.getvalue()
 
 

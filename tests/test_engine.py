@@ -152,3 +152,12 @@ def test_device_choice():
 def test_python_api_with_builtin_plugins(isolated_env):
     out = artchain.run("resize:width=20", grey(40, 30))
     assert out.size == (20, 15)
+
+
+def test_a_model_wrapped_with_its_network_is_counted_by_the_cache():
+    from artchain.core.engine import model_bytes
+
+    class Wrapped:
+        network = torch.nn.Linear(100, 100)
+
+    assert model_bytes(Wrapped()) == (100 * 100 + 100) * 4

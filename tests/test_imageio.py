@@ -133,3 +133,20 @@ def test_failed_save_leaves_no_partial_file(tmp_path):
         imageio.save_image(Image.new("RGB", (8, 8)), tmp_path / "out.png", Output())
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     assert (tmp_path / "out.png").is_dir()
+
+
+@pytest.mark.parametrize("mode, key", [("L", 0), ("RGB", (0, 0, 0))])
+def test_colour_key_transparency_becomes_alpha(mode, key):
+    image = Image.new(mode, (6, 4), key)
+    image.paste(Image.new(mode, (3, 4), 200 if mode == "L" else (200, 100, 50)), (3, 0))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=key)
+    picture = imageio.decode_image(buffer.getvalue(), Limits())
+    assert picture.alpha is not None
+    assert picture.alpha.getpixel((0, 0)) == 0 and picture.alpha.getpixel((5, 0)) == 255
+
+
+def test_a_size_the_format_cannot_hold_is_a_clear_error():
+    wide = Image.new("RGB", (16_400, 2))
+    with pytest.raises(ImageError, match="cannot encode a 16400x2 image as WEBP"):
+        imageio.encode_image(wide, "WEBP", Output())
