@@ -124,7 +124,8 @@ def _pad_to_requirements(batch: torch.Tensor, model: LoadedModel) -> torch.Tenso
 def _tile_for_model(tile: int, model: LoadedModel) -> int:
     if tile <= 0 or model.square:
         return 0  # models that need square inputs run on the whole (padded) image
-    return max(model.multiple_of, tile - tile % model.multiple_of, model.minimum_side)
+    # Rounded up, so a tile that passed the check against twice the overlap still does.
+    return max(-(-tile // model.multiple_of) * model.multiple_of, model.minimum_side)
 
 
 class EsrganProcessor(Processor):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from artchain.core.config import Limits
+from artchain.core.errors import ImageError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.imageio import open_image, to_tensor
 from artchain.core.imageops import resize
@@ -23,6 +24,9 @@ from .backbones import (BACKBONES, EFFICIENTNET_ID, VGG19_ID, EfficientNetLite0F
 from .transfer import TransferSettings, preserve_colour, stylise
 
 AUTO = "auto"
+# The feature networks downsample 8x before the deepest default layers, and total variation needs
+# two pixels along each axis.
+MIN_WORKING_SIDE = 16
 _USABLE = ("present", "imported", "bundled")
 
 
@@ -109,6 +113,10 @@ class StyleTransfer(Processor):
         height, width = batch.shape[-2:]
         scale = params["size"] / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        if min(size) < MIN_WORKING_SIDE:
+            raise ImageError(f"nst: at size={params['size']} this {width}x{height} image would be "
+                             f"{size[1]}x{size[0]}; its short side must reach {MIN_WORKING_SIDE} px "
+                             "(raise size, or crop the image)")
         results = []
         # The engine runs steps in inference mode; the optimisation needs autograd, and tensors made
         # in inference mode cannot join a graph, so they are cloned once it is off.

@@ -179,3 +179,13 @@ def test_progress_is_reported_and_cancel_stops_between_tiles(x4plus):
     with pytest.raises(Cancelled):
         EsrganProcessor().process(torch.rand(1, 3, 12, 30), x4plus, params,
                                   StepContext(torch.device("cpu"), (30, 12), cancel=token))
+
+
+def test_tiles_round_up_to_the_model_multiple(x4plus):
+    from dataclasses import replace
+
+    from artchain.plugins.esrgan import _tile_for_model
+
+    unshuffling = replace(x4plus, multiple_of=4)  # like Real-ESRGAN x2plus's pixel-unshuffle input
+    assert _tile_for_model(99, unshuffling) == 100  # still larger than twice an overlap of 48
+    assert _tile_for_model(256, unshuffling) == 256

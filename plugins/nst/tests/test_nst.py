@@ -225,3 +225,9 @@ def data_image(tmp_path: Path) -> Path:
     path = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()[::4, ::4]).resize((96, 64)).save(path)
     return path
+
+
+def test_an_image_too_thin_for_the_working_size_is_refused(style_file, network):
+    values = StyleTransfer.parse_params({"style": style_file, "size": 64, "steps": 1})
+    with pytest.raises(ImageError, match="short side must reach 16 px"), torch.inference_mode():
+        StyleTransfer().process(torch.rand(1, 3, 8, 400), network, values, StepContext(CPU, (400, 8)))
