@@ -94,10 +94,7 @@ def run(
         raise fail(f"{out_dir}: exists and is not a directory")
     try:
         engine = State.engine()
-        if remote:  # the workers hold the weights; here the chain's text is checked
-            prepared, where = engine.parser.parse(chain), f"queue {engine.config.queue.name}"
-        else:
-            prepared, where = engine.prepare(chain, device)
+        prepared, where = _checked_chain(engine, chain, device, remote)
     except ArtchainError as exc:
         raise fail(str(exc)) from None
     if out_dir:  # created only once the chain is known to be good
@@ -118,9 +115,21 @@ def run(
         except ArtchainError as exc:
             failures += 1
             err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
+        except Exception as exc:  # noqa: BLE001 - e.g. out of memory, broker gone: the next input still runs
+            failures += 1
+            reason = str(exc).splitlines()[0] if str(exc) else ""
+            err.print(f"[red]failed:[/red] {source}: {type(exc).__name__}: {reason}", soft_wrap=True)
     if failures:
         err.print(f"{failures} of {len(inputs)} inputs failed")
         raise typer.Exit(SOME_FAILED)
+
+
+def _checked_chain(engine, chain: str, device: str | None = None, remote: bool = False):
+    """The chain validated where it will run, and that place: here (device, weights present) or,
+    for queue workers, which hold the weights, only its text."""
+    if remote:
+        return engine.parser.parse(chain), f"queue {engine.config.queue.name}"
+    return engine.prepare(chain, device)
 
 
 def _local_runner(engine, chain, device):
@@ -353,7 +362,7 @@ def watch(
         engine = State.engine()
         chain = chain or engine.config.watch.chain
         if chain:
-            engine.prepare(chain)
+            _checked_chain(engine, chain, remote=engine.config.executor == "celery")
     except ArtchainError as exc:
         raise fail(str(exc)) from None
     if directory.exists() and not directory.is_dir():
@@ -361,6 +370,7 @@ def watch(
     workers = concurrency or engine.config.watch.concurrency
     executor = executor_from_config(engine, workers=workers, max_jobs=workers)
     watcher = Watcher(Folders(directory), executor, chain, workers, engine.config.watch.settle_seconds,
+                      max_bytes=engine.config.limits.max_bytes,
                       say=lambda line: out.print(line, soft_wrap=True, markup=False))
 
     async def serve() -> None:

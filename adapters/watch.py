@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from artchain.core.errors import ArtchainError
+from artchain.core.errors import ArtchainError, ImageError
 from artchain.core.imageio import FORMATS
 from artchain.core.jobs import JobRequest, JobStatus
 
@@ -116,6 +116,7 @@ class Watcher:
     concurrency: int = 2
     settle_seconds: float = 1.0
     say: Callable[[str], None] = print
+    max_bytes: int | None = None  # a bigger file goes to failed/ without being read
     _seen: dict[Path, _Seen] = field(default_factory=dict)
     _running: dict[Path, asyncio.Task] = field(default_factory=dict)
     _wake: asyncio.Event | None = None
@@ -127,11 +128,14 @@ class Watcher:
         return relative.parts[0] if len(relative.parts) > 1 else self.default_chain
 
     def _claim_name(self, relative: Path) -> Path:
-        """A name free in work/, done/, failed/ and outbox/, so every input has its own output."""
+        """A name free in work/, done/, failed/ and outbox/, whose output no file in work/ will write
+        either (a.png and a.bmp both make outbox/a.png), so every input has its own output."""
+        work = self.folders.work
+        coming = {self.folders.output_for(path.relative_to(work)) for path in work.rglob("*") if path.is_file()}
         candidate, number = relative, 1
-        while any(path.exists() for path in (self.folders.work / candidate, self.folders.done / candidate,
-                                              self.folders.failed / candidate,
-                                              self.folders.output_for(candidate))):
+        while self.folders.output_for(candidate) in coming or any(
+                path.exists() for path in (work / candidate, self.folders.done / candidate,
+                                           self.folders.failed / candidate, self.folders.output_for(candidate))):
             number += 1
             candidate = relative.with_name(f"{relative.stem}-{number}{relative.suffix}")
         return candidate
@@ -210,7 +214,11 @@ class Watcher:
             if not chain:
                 raise ArtchainError("no chain: drop it into inbox/CHAIN/, or start with --chain")
             output = self.folders.output_for(relative)
-            request = JobRequest(chain, item.read_bytes(), FORMATS[output.suffix], name=str(relative))
+            size = item.stat().st_size
+            if self.max_bytes is not None and size > self.max_bytes:
+                raise ImageError(f"{relative}: {size} bytes is over the limit of {self.max_bytes}")
+            data = await asyncio.to_thread(item.read_bytes)
+            request = JobRequest(chain, data, FORMATS[output.suffix], name=str(relative))
             self.say(f"{relative}: started ({chain})")
             result = await self.executor.submit(request, show)
         except asyncio.CancelledError:
@@ -223,8 +231,13 @@ class Watcher:
             _move(item, self.folders.failed / relative)
             self.say(f"{relative}: failed: {reason}")
             return
-        _write_atomically(output, result.image)
-        _move(item, self.folders.done / relative)
+        try:
+            _write_atomically(output, result.image)
+            _move(item, self.folders.done / relative)
+        except OSError as exc:  # e.g. a full disk: the input stays claimed and is redone at the next start
+            self.say(f"{relative}: result not delivered ({exc.strerror or exc}); it stays in work/ "
+                     "until the next start")
+            return
         self.say(f"{relative} -> {output.relative_to(self.folders.root)} "
                  f"({result.size[0]}x{result.size[1]}, {time.monotonic() - started:.1f}s)")
 

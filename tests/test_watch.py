@@ -2,6 +2,7 @@
 kill -9 at random moments while files flow; every input must end with exactly one outcome."""
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 import re
@@ -184,4 +185,22 @@ def test_names_and_chains(tmp_path):
     assert watcher.chain_for(Path("a.jpg")) == "upscale"
     (folders.done / "a.jpg").write_bytes(b"earlier")
     assert watcher._claim_name(Path("a.jpg")) == Path("a-2.jpg")
+    # b.png and b.bmp would both write outbox/b.png: the second one claimed gets another name.
+    (folders.work / "b.png").write_bytes(b"claimed")
+    assert watcher._claim_name(Path("b.bmp")) == Path("b-2.bmp")
     assert folders.output_for(Path("x/a.tiff")) == folders.outbox / "x" / "a.png"
+
+
+def test_a_file_over_the_size_limit_fails_unread(tmp_path):
+    class NeverCalled:
+        async def submit(self, request, on_status=None, cancel=None):
+            raise AssertionError("an oversized file reached the executor")
+
+    folders = Folders(tmp_path)
+    folders.create()
+    (folders.work / "big.png").write_bytes(b"x" * 2048)
+    watcher = Watcher(folders, executor=NeverCalled(), default_chain="resize-back", say=lambda line: None,
+                      max_bytes=1024)
+    asyncio.run(watcher.process(Path("big.png")))
+    assert (folders.failed / "big.png").exists()
+    assert "2048 bytes is over the limit of 1024" in folders.error_for(Path("big.png")).read_text()
