@@ -47,7 +47,8 @@ class Webhook(Section):
     host: str = "0.0.0.0"
     port: int = Field(8080, gt=0, lt=65536)
     path: str = "/telegram"
-    secret: str | None = Field(None, repr=False)
+    # Telegram accepts 1-256 characters from A-Z, a-z, 0-9, _ and -; empty = a random one per start.
+    secret: str | None = Field(None, repr=False, pattern=r"^[A-Za-z0-9_-]{1,256}$")
 
 
 class Telegram(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import secrets
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -116,13 +117,16 @@ async def run_polling(bot: Bot, dispatcher: Dispatcher, handle_signals: bool = T
 async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: Telegram) -> None:
     """Serves Telegram's webhook calls until cancelled (Ctrl-C)."""
     webhook = settings.webhook
+    # Without a secret anyone who finds the URL could post forged updates; Telegram sends back
+    # whatever secret it was given, so a fresh random one per start needs no configuration.
+    secret = webhook.secret or secrets.token_urlsafe(32)
     app = web.Application()
-    SimpleRequestHandler(dispatcher, bot, secret_token=webhook.secret).register(app, path=webhook.path)
+    SimpleRequestHandler(dispatcher, bot, secret_token=secret).register(app, path=webhook.path)
     setup_application(app, dispatcher, bot=bot)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, webhook.host, webhook.port).start()
-    await bot.set_webhook(webhook.url, secret_token=webhook.secret,
+    await bot.set_webhook(webhook.url, secret_token=secret,
                           allowed_updates=dispatcher.resolve_used_update_types())
     log.info("webhook server listening on %s:%s%s", webhook.host, webhook.port, webhook.path)
     try:
