@@ -207,7 +207,9 @@ class CeleryExecutor:
             await asyncio.to_thread(async_result.forget)
 
     def _status(self, state: str, info: Any) -> JobStatus | None:
-        if state == PROGRESS_STATE and isinstance(info, dict):
+        # State and info are read one after the other: a job that finished in between has its
+        # result as info already, and the next poll sees SUCCESS.
+        if state == PROGRESS_STATE and isinstance(info, dict) and "step" in info:
             return JobStatus(0, info["step"], info["step_index"], info["step_count"], info["fraction"])
         if state == "PENDING":
             waiting = self._waiting_in_broker()
