@@ -232,7 +232,9 @@ def bot() -> None:
     """Run the Telegram bot: long polling, or a webhook when telegram.webhook.url is set (README: Telegram bot)."""
     import asyncio
 
+    from aiogram.exceptions import TelegramAPIError, TelegramUnauthorizedError
     from aiogram.utils.token import TokenValidationError
+    from aiohttp import ClientError
 
     from artchain.adapters.telegram import serve
     from artchain.core.config import load_config
@@ -251,6 +253,12 @@ def bot() -> None:
         asyncio.run(serve(token, engine.config, engine.parser, executor))
     except TokenValidationError:
         raise fail("the Telegram token is malformed; copy it again from @BotFather") from None
+    except TelegramUnauthorizedError:
+        raise fail("Telegram refused the token (revoked?); get the current one from @BotFather") from None
+    except (TelegramAPIError, ClientError, OSError) as exc:
+        # Named by type and status only: a client error's text can hold a URL with the token.
+        status = getattr(exc, "status", None) or getattr(exc, "errno", None)
+        raise fail(f"the bot could not start: {type(exc).__name__}" + (f" ({status})" if status else "")) from None
     except KeyboardInterrupt:
         pass
     finally:

@@ -465,3 +465,21 @@ def test_bot_command_without_a_token_exits_2(isolated_env):
     result = run_cli("bot", env=env)
     assert result.returncode == 2
     assert "no Telegram token" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bot_command_with_a_refused_token_exits_2(tmp_path, isolated_env):
+    config = tmp_path / "bot.yaml"
+
+    async def scenario():
+        server = FakeTelegram(TOKEN)
+        await server.start()
+        config.write_text(f"device: cpu\ntelegram: {{api_url: '{server.url}'}}\n")
+        try:
+            return await asyncio.to_thread(run_cli, "--config", config, "bot",
+                                           env={**isolated_env, "ARTCHAIN_TELEGRAM_TOKEN": "999:revoked-token"})
+        finally:
+            await server.stop()
+
+    result = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert result.returncode == 2
+    assert "Telegram refused the token" in result.stderr and len(result.stderr.strip().splitlines()) == 1

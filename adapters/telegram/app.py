@@ -139,7 +139,10 @@ async def serve(token: str, config: Config, parser, executor: Executor) -> None:
     """Runs the bot until stopped: by webhook when `telegram.webhook.url` is set, else long polling."""
     bot = create_bot(token, config.telegram)
     dispatcher = create_dispatcher(config, parser, executor)
-    if config.telegram.webhook.url:
-        await run_webhook(bot, dispatcher, config.telegram)
-    else:
-        await run_polling(bot, dispatcher)
+    try:
+        if config.telegram.webhook.url:
+            await run_webhook(bot, dispatcher, config.telegram)
+        else:
+            await run_polling(bot, dispatcher)
+    finally:
+        await bot.session.close()  # also when start-up fails, e.g. a refused token
