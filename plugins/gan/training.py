@@ -71,8 +71,11 @@ def _read_image(path: Path, short_side: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise TrainingError(f"{path}: not a readable image ({exc})") from None
     tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
     height, width = fit_short_side(*tensor.shape[-2:], short_side)
     return resize(tensor, height, width)[0]
@@ -82,9 +85,15 @@ class CropSampler:
     """Random crops (with horizontal flips) of images held in memory, each scaled to short side `crop`
     or a little more; with `paired`, the same crop of two equally sized lists of images."""
 
-    def __init__(self, *folders_files: list[Path], crop: int, generator: torch.Generator) -> None:
+    def __init__(self, *folders_files: list[Path], crop: int, generator: torch.Generator,
+                 paired: bool = False) -> None:
         load_side = int(crop * 1.12)
         self.sets = [[_read_image(path, load_side) for path in files] for files in folders_files]
+        if paired:  # one crop position serves both images of a pair only if they are the same shape
+            for paths, images in zip(zip(*folders_files), zip(*self.sets)):
+                if len({tuple(image.shape) for image in images}) > 1:
+                    raise TrainingError(f"{' and '.join(map(str, paths))}: the two images of a pair must "
+                                        "have the same aspect ratio")
         self.crop = crop
         self.generator = generator
 
@@ -253,7 +262,7 @@ class Pix2PixTrainer(GanTrainer):
         if not pairs:
             raise TrainingError(f"no file names shared by {source} and {target}: pairs are matched by name")
         self.data = CropSampler([s for s, _ in pairs], [t for _, t in pairs], crop=options.crop,
-                                generator=generator)
+                                generator=generator, paired=True)
         self.networks = {"generator": init_gan_weights(Pix2PixUNet(options.width)),
                          "critic": init_gan_weights(PatchDiscriminator(6, options.width))}
         self.optimizers = {"generator": _adam(self.networks["generator"], lr=options.lr),

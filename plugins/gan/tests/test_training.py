@@ -123,3 +123,11 @@ def test_unusable_training_data_is_reported_clearly(tmp_path):
     with pytest.raises(TrainingError, match="multiple of 256"):
         Pix2PixTrainer(tmp_path / "source", tmp_path / "source", TrainOptions("x", tmp_path, crop=300),
                        seeded_generator(0))
+    (tmp_path / "wide").mkdir()
+    Image.new("RGB", (420, 300)).save(tmp_path / "wide" / "00.png")
+    with pytest.raises(TrainingError, match="the two images of a pair must have the same aspect ratio"):
+        Pix2PixTrainer(tmp_path / "source", tmp_path / "wide", options, seeded_generator(0))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "00.png").write_bytes(b"not a png")
+    with pytest.raises(TrainingError, match="00.png: not a readable image"):
+        Pix2PixTrainer(tmp_path / "source", tmp_path / "broken", options, seeded_generator(0))
