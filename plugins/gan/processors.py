@@ -86,6 +86,12 @@ class GanStyle(Processor):
             raise ImageError(f"{self.name}: image is {width}x{height}; both sides must be at least "
                              f"{MIN_SIDE} pixels")
         target_h, target_w = working_size(height, width, params["size"])
+        multiple = model.size_multiple
+        padded_pixels = -(-target_h // multiple) * multiple * (-(-target_w // multiple) * multiple)
+        if min(target_h, target_w) < MIN_SIDE or padded_pixels > MAX_WORKING_PIXELS:
+            # Padding to the network's multiple would exceed the memory cap (or leave nothing).
+            raise ImageError(f"{self.name}: a {width}x{height} image is too elongated to process "
+                             f"(aspect ratio over {MAX_WORKING_PIXELS // multiple ** 2}:1 at this network)")
         outputs = []
         for index in range(batch.shape[0]):
             ctx.cancel.check()

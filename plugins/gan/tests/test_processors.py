@@ -170,3 +170,11 @@ def test_neon_gives_the_same_result_when_jobs_run_side_by_side():
     with ThreadPoolExecutor(2) as pool:
         side_by_side = list(pool.map(run, range(16)))
     assert all(torch.equal(alone, result) for result in side_by_side)
+
+
+def test_an_extremely_elongated_image_is_refused_before_padding_blows_up():
+    processor = Pix2PixNeon()
+    params = processor.parse_params({})
+    model = processor.load(params, WeightStore(), torch.device("cpu"))
+    with pytest.raises(ImageError, match="too elongated"):
+        processor.process(torch.rand(1, 3, 8, 20000), model, params, StepContext(torch.device("cpu"), (20000, 8)))
