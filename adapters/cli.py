@@ -236,7 +236,7 @@ def bot() -> None:
     from aiogram.utils.token import TokenValidationError
     from aiohttp import ClientError
 
-    from artchain.adapters.telegram import serve
+    from artchain.adapters.telegram import describe_failure, serve
     from artchain.core.config import load_config
     from artchain.core.jobs import executor_from_config
 
@@ -256,9 +256,7 @@ def bot() -> None:
     except TelegramUnauthorizedError:
         raise fail("Telegram refused the token (revoked?); get the current one from @BotFather") from None
     except (TelegramAPIError, ClientError, OSError) as exc:
-        # Named by type and status only: a client error's text can hold a URL with the token.
-        status = getattr(exc, "status", None) or getattr(exc, "errno", None)
-        raise fail(f"the bot could not start: {type(exc).__name__}" + (f" ({status})" if status else "")) from None
+        raise fail(f"the bot could not start: {describe_failure(exc)}") from None
     except KeyboardInterrupt:
         pass
     finally:

@@ -198,10 +198,12 @@ async def start_job(bot: Bot, context: BotContext, user_id: int, chat_id: int, o
     context.jobs.start(user_id, run_job(bot, context, chat_id, option, content, style))
 
 
-def _transfer_failure(exc: Exception) -> str:
-    """What went wrong talking to Telegram, without the request URL: file URLs hold the token."""
-    status = getattr(exc, "status", None)
-    return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+def describe_failure(exc: Exception) -> str:
+    """What went wrong talking to Telegram, by type and status only: an aiohttp error's text holds
+    the request URL, and file URLs hold the token."""
+    status, errno = getattr(exc, "status", None), getattr(exc, "errno", None)
+    detail = f"HTTP {status}" if status else f"errno {errno}" if errno else ""
+    return type(exc).__name__ + (f" ({detail})" if detail else "")
 
 
 async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOption, content: Source,
@@ -210,7 +212,7 @@ async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOpti
         status = await StatusMessage.send(bot, chat_id, f"{option.chain}: fetching your image...",
                                           context.settings.status_interval)
     except (TelegramAPIError, ClientError) as exc:  # e.g. the user blocked the bot meanwhile
-        log.warning("job for chat %s not started: %s", chat_id, _transfer_failure(exc))
+        log.warning("job for chat %s not started: %s", chat_id, describe_failure(exc))
         return
     try:
         result = await _process(bot, context, status, option, content, style)
@@ -225,7 +227,7 @@ async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOpti
     except ArtchainError as exc:
         outcome = f"Sorry, that didn't work: {exc}"
     except (TelegramAPIError, ClientError) as exc:
-        log.warning("job for chat %s: Telegram transfer failed: %s", chat_id, _transfer_failure(exc))
+        log.warning("job for chat %s: Telegram transfer failed: %s", chat_id, describe_failure(exc))
         outcome = "Sorry, Telegram didn't pass the image along; please try again."
     except Exception:  # noqa: BLE001 - whatever broke, the user gets an answer and the bot goes on
         log.exception("job for chat %s failed unexpectedly", chat_id)
