@@ -26,10 +26,8 @@ from artchain.plugins.nst import StyleTransfer
 from artchain.plugins.nst.backbones import (EfficientNetLite0Features, VGG19Features,
                                             derive_efficientnet_lite0, efficientnet_wheel_checkpoint)
 from artchain.plugins.nst.transfer import preserve_colour, scale_sizes, stylise
+from support import shared_file
 
-SEED_IMAGES = Path(__file__).resolve().parents[3].parent / "shared" / "seed-images"
-needs_seed_images = pytest.mark.skipif(not (SEED_IMAGES / "content.png").is_file(),
-                                       reason=f"the seed's content/style pair is not at {SEED_IMAGES}")
 CPU = torch.device("cpu")
 
 
@@ -91,12 +89,12 @@ def test_adam_also_lowers_the_loss(style_file, network):
     assert losses[-1] < 0.8 * losses[0]
 
 
-@needs_seed_images
 def test_colours_move_to_the_style_and_structure_survives(network):
-    content = to_tensor(open_image(SEED_IMAGES / "content.png", Limits()).rgb)
-    style = to_tensor(open_image(SEED_IMAGES / "style.png", Limits()).rgb)
+    content_file, style_file = shared_file("seed-images", "content.png"), shared_file("seed-images", "style.png")
+    content = to_tensor(open_image(content_file, Limits()).rgb)
+    style = to_tensor(open_image(style_file, Limits()).rgb)
     progress = []
-    result = run_step({"style": SEED_IMAGES / "style.png", "size": 128, "steps": 30}, content, network,
+    result = run_step({"style": style_file, "size": 128, "steps": 30}, content, network,
                       progress=progress.append)
     assert result.shape[-2:] == (86, 128)
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
