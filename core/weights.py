@@ -245,14 +245,6 @@ class WeightStore:
         _write_atomically(self.directory / IMPORTED, yaml.safe_dump(index, sort_keys=True).encode())
         return record
 
-    def forget_import(self, weight_id: str) -> None:
-        index = {key: vars(value) for key, value in self.imported().items()}
-        record = index.pop(weight_id, None)
-        if record is None:
-            raise WeightsError(f"no imported weights under {weight_id!r}")
-        _write_atomically(self.directory / IMPORTED, yaml.safe_dump(index, sort_keys=True).encode())
-        (self.directory / record["file"]).unlink(missing_ok=True)
-
     def pull(self, weight_id: str, progress: ProgressFn | None = None, timeout: float = 30.0) -> Path:
         """Fetches `weight_id`: derived offline when the manifest says how, else downloaded from its
         URLs (resuming a partial download), checked against the manifest's sha256, renamed into place."""
