@@ -5,7 +5,7 @@ The folders core/, plugins/, adapters/ and weights/ install as artchain.core, ar
 """
 from setuptools import find_packages, setup
 
-FOLDERS = {"api": "artchain", "core": "artchain.core", "plugins": "artchain.plugins",
+FOLDERS = {"artchain": "artchain", "core": "artchain.core", "plugins": "artchain.plugins",
            "adapters": "artchain.adapters", "weights": "artchain.weights"}
 
 

@@ -14,11 +14,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 def run(chain, image, **options):
     """Runs `chain` (text such as "neon,upscale") on a PIL image and returns the result image.
 
-    Options are passed to `artchain.core.engine.Engine.run` (device, progress, cancel, ...).
+    Options are passed to `artchain.core.engine.Engine.run` (device, progress, cancel).
     """
-    from .core.engine import default_engine
+    from .runtime import default_runtime
 
-    return default_engine().run(chain, image, **options)
+    return default_runtime().engine.run(chain, image, **options)
 
 
 __all__ = ["run", "__version__"]
