@@ -15,6 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from artchain.core.errors import ArtchainError, ImageError
+from artchain.runtime import MissingExtra, Runtime, require_extra
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plugin-based image-processing chains.")
@@ -28,17 +29,16 @@ SOME_FAILED = 1
 
 
 class State:
+    """The runtime of this command; built from --config on first use."""
+
     config_path: Path | None = None
-    _engine = None
+    _runtime: Runtime | None = None
 
     @classmethod
-    def engine(cls):
-        if cls._engine is None:
-            from artchain.core.config import load_config
-            from artchain.core.engine import Engine
-
-            cls._engine = Engine(load_config(cls.config_path))
-        return cls._engine
+    def runtime(cls) -> Runtime:
+        if cls._runtime is None:
+            cls._runtime = Runtime(config_path=cls.config_path)
+        return cls._runtime
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
@@ -92,26 +92,23 @@ def run(
         raise fail("give -o/--output or --out-dir, not both")
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise fail(f"{out_dir}: exists and is not a directory")
+    runtime = State.runtime()
     try:
-        engine = State.engine()
-        prepared, where = _checked_chain(engine, chain, device, remote)
-    except ArtchainError as exc:
+        runner = RemoteRunner(runtime, device) if remote else LocalRunner(runtime, device)
+        chain_checked, files = runner.check(chain)
+    except (ArtchainError, MissingExtra) as exc:
         raise fail(str(exc)) from None
     if out_dir:  # created only once the chain is known to be good
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise fail(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
-    out.print(f"chain: {prepared.describe()}  [dim]on {where}[/dim]")
-    try:
-        runner = _remote_runner(engine, prepared, device) if remote else _local_runner(engine, prepared, device)
-    except ArtchainError as exc:
-        raise fail(str(exc)) from None
+    out.print(f"chain: {chain_checked.describe()}  [dim]on {runner.where}[/dim]")
     failures = 0
     for source in inputs:
         destination = output or output_path(source, chain, out_dir)
         try:
-            _run_one(engine, runner, source, destination, compare)
+            _run_one(runtime, runner, chain_checked, files, source, destination, compare)
         except ArtchainError as exc:
             failures += 1
             err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
@@ -124,99 +121,120 @@ def run(
         raise typer.Exit(SOME_FAILED)
 
 
-def _checked_chain(engine, chain: str, device: str | None = None, remote: bool = False):
-    """The chain validated where it will run, and that place: here (device, weights present) or,
-    for queue workers, which hold the weights, only its text."""
-    if remote:
-        return engine.parser.parse(chain), f"queue {engine.config.queue.name}"
-    return engine.prepare(chain, device)
+class LocalRunner:
+    """Runs jobs here, with a progress bar per step."""
 
+    def __init__(self, runtime: Runtime, device: str | None) -> None:
+        self.runtime = runtime
+        self.device = device
+        self.where = "this machine"
 
-def _local_runner(engine, chain, device):
-    """Runs a picture here, with a progress bar per step."""
-    def run_here(source: Path, picture):
+    def check(self, chain_text: str):
+        """The chain and the files its steps read, checked here before any input is touched."""
+        from artchain.core.job import read_step_files
+
+        engine = self.runtime.engine
+        chain = engine.parser.parse(chain_text)
+        files = read_step_files(chain, self.runtime.config.limits.max_bytes)
+        plan = engine.check(chain, files, self.device)
+        self.where = str(plan.device)
+        return chain, files
+
+    def __call__(self, job):
+        from artchain.core.job import run_job
+
         with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TimeElapsedColumn(), console=err, transient=True) as bars:
             tasks: dict[int, int] = {}
 
-            def show(index: int, count: int, name: str, fraction: float) -> None:
-                if index not in tasks:
-                    tasks[index] = bars.add_task(f"{source.name}: {name} ({index + 1}/{count})", total=1.0)
-                bars.update(tasks[index], completed=fraction)
+            def show(status) -> None:
+                if status.step_index not in tasks:
+                    tasks[status.step_index] = bars.add_task(
+                        f"{job.name}: {status.step} ({status.step_index + 1}/{status.step_count})", total=1.0)
+                step_fraction = status.fraction * status.step_count - status.step_index
+                bars.update(tasks[status.step_index], completed=step_fraction)
 
-            result = engine.execute(chain, picture, device=device, progress=show)
-        return result.image, [(t.name, t.seconds) for t in result.timings]
-    return run_here
-
-
-def _remote_runner(engine, chain, device):
-    """Sends the file's bytes, and the files the chain's steps read, to the queue and waits for
-    the workers' result."""
-    import asyncio
-    import io
-
-    from PIL import Image
-
-    from artchain.core.jobs import JobRequest, with_attachments
-    from artchain.core.queue import CeleryExecutor
-
-    executor = CeleryExecutor(engine.config)
-    chain_text, attachments = with_attachments(chain)
-
-    def run_remotely(source: Path, picture):
-        request = JobRequest(chain_text, source.read_bytes(), "PNG", source.name, device, attachments)
-        result = asyncio.run(executor.submit(request))
-        image = Image.open(io.BytesIO(result.image))
-        image.load()
-        return image, [(result.chain, result.seconds)]
-    return run_remotely
+            return run_job(self.runtime.engine, job, show)
 
 
-def _run_one(engine, runner, source: Path, destination: Path, compare: bool) -> None:
+class RemoteRunner:
+    """Sends jobs, with the files the chain's steps read, to the queue's workers (which hold the
+    weights, so only the chain's steps and parameters are checked here)."""
+
+    def __init__(self, runtime: Runtime, device: str | None) -> None:
+        self.runtime = runtime
+        self.device = device
+        self.where = f"queue {runtime.config.queue.name}"
+        self.executor = runtime.celery_executor()
+
+    def check(self, chain_text: str):
+        from artchain.core.job import read_step_files
+
+        chain = self.runtime.parser.parse(chain_text)
+        return chain, read_step_files(chain, self.runtime.config.limits.max_bytes)
+
+    def __call__(self, job):
+        import asyncio
+
+        return asyncio.run(self.executor.submit(job))
+
+
+def _run_one(runtime: Runtime, runner, chain, files, source: Path, destination: Path, compare: bool) -> None:
     from artchain.core import imageio
+    from artchain.core.files import write_atomically
+    from artchain.core.job import Job, read_file
 
-    imageio.output_format(destination)
+    output_format = imageio.output_format(destination)
     if not destination.parent.is_dir():
         raise ImageError(f"{destination}: output directory {destination.parent} does not exist")
-    picture = imageio.open_image(source, engine.config.limits)
-    image, timings = runner(source, picture)
-    imageio.save_image(image, destination, engine.config.output, picture.exif)
-    steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in timings)
-    out.print(f"{source} -> {destination} ({image.width}x{image.height}; {steps})", soft_wrap=True)
+    limits = runtime.config.limits
+    job = Job(runtime.parser.steps_of(chain.text), read_file(source, limits.max_bytes), files,
+              output_format, runner.device)
+    result = runner(job)
+    try:
+        write_atomically(destination, result.image)
+    except OSError as exc:
+        raise ImageError(f"{destination}: cannot write ({exc.strerror or exc})") from None
+    steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.step_seconds)
+    width, height = result.size
+    out.print(f"{source} -> {destination} ({width}x{height}; {steps})", soft_wrap=True)
     if compare:
         side_by_side = destination.with_name(f"{destination.stem}.compare{destination.suffix}")
-        imageio.save_image(imageio.side_by_side(picture.rgb, image), side_by_side, engine.config.output)
+        before = imageio.decode_image(job.image.data, limits, job.name).rgb
+        after = imageio.decode_image(result.image, limits, str(destination)).rgb
+        imageio.save_image(imageio.side_by_side(before, after), side_by_side, runtime.config.output)
         out.print(f"  comparison -> {side_by_side}")
 
 
 @app.command("list")
 def list_processors() -> None:
     """Show processors, aliases, presets and the state of their weights."""
+    runtime = State.runtime()
     try:
-        engine = State.engine()
+        registry, config, store = runtime.registry, runtime.config, runtime.store
     except ArtchainError as exc:
         raise fail(str(exc)) from None
     table = Table(title="processors", title_justify="left")
     for column in ("name", "aliases", "parameters", "weights", "description"):
         table.add_column(column)
     aliases_of: dict[str, list[str]] = {}
-    for alias, target in {**engine.registry.aliases, **engine.config.aliases}.items():
+    for alias, target in {**registry.aliases, **config.aliases}.items():
         aliases_of.setdefault(target, []).append(alias)
-    for name, processor in sorted(engine.registry.processors.items()):
+    for name, processor in sorted(registry.processors.items()):
         params = " ".join(f"{p.name}={'?' if p.required else p.default}" for p in processor.params)
-        weights = " ".join(f"{w}:{_weight_state(engine.store, w)}" for w in processor.weights) or "-"
+        weights = " ".join(f"{w}:{_weight_state(store, w)}" for w in processor.weights) or "-"
         table.add_row(name, ", ".join(sorted(aliases_of.get(name, []))), params, weights, processor.description)
     out.print(table)
     presets = Table(title="presets", title_justify="left")
     presets.add_column("name")
     presets.add_column("chain")
-    for name, chain in engine.config.presets.items():
+    for name, chain in config.presets.items():
         presets.add_row(name, chain)
     out.print(presets)
-    missing = sorted(alias for alias, target in engine.config.aliases.items() if not engine.registry.get(target))
+    missing = sorted(alias for alias, target in config.aliases.items() if not registry.get(target))
     if missing:
         out.print(f"[yellow]aliases without an installed processor:[/yellow] {', '.join(missing)}")
-    for plugin, reason in sorted(engine.registry.broken.items()):
+    for plugin, reason in sorted(registry.broken.items()):
         out.print(f"[red]plugin {plugin} failed to load:[/red] {reason}", soft_wrap=True)
 
 
@@ -232,25 +250,24 @@ def bot() -> None:
     """Run the Telegram bot: long polling, or a webhook when telegram.webhook.url is set (README: Telegram bot)."""
     import asyncio
 
+    runtime = State.runtime()
+    try:
+        require_extra("bot", "aiogram")
+        settings = runtime.config.telegram
+        if not settings.token:
+            raise fail("no Telegram token: set ARTCHAIN_TELEGRAM_TOKEN (or telegram.token in your config)")
+        executor = runtime.executor(settings.workers, settings.max_queue)
+    except (ArtchainError, MissingExtra) as exc:
+        raise fail(str(exc)) from None
     from aiogram.exceptions import TelegramAPIError, TelegramUnauthorizedError
     from aiogram.utils.token import TokenValidationError
     from aiohttp import ClientError
 
-    from artchain.adapters.telegram import describe_failure, serve
-    from artchain.core.config import load_config
-    from artchain.core.jobs import executor_from_config
+    from artchain.adapters.telegram.app import serve
+    from artchain.adapters.telegram.handlers import describe_failure
 
     try:
-        token = load_config(State.config_path).telegram.token
-        if not token:
-            raise fail("no Telegram token: set ARTCHAIN_TELEGRAM_TOKEN (or telegram.token in your config)")
-        engine = State.engine()
-        settings = engine.config.telegram
-        executor = executor_from_config(engine, settings.workers, settings.max_queue)
-    except ArtchainError as exc:
-        raise fail(str(exc)) from None
-    try:
-        asyncio.run(serve(token, engine.config, engine.parser, executor))
+        asyncio.run(serve(settings.token, runtime.config, runtime.parser, executor))
     except TokenValidationError:
         raise fail("the Telegram token is malformed; copy it again from @BotFather") from None
     except TelegramUnauthorizedError:
@@ -264,11 +281,8 @@ def bot() -> None:
 
 
 def _store():
-    from artchain.core.config import load_config
-    from artchain.core.weights import WeightStore
-
     try:
-        return WeightStore(load_config(State.config_path).weights_dir)
+        return State.runtime().store
     except ArtchainError as exc:
         raise fail(str(exc)) from None
 
@@ -325,7 +339,7 @@ def weights_import(
 ) -> None:
     """Use your own checkpoint for a weight id; its sha256 is recorded."""
     store = _store()
-    known = set(store.entries) | {w for p in State.engine().registry.processors.values() for w in p.weights}
+    known = set(store.entries) | {w for p in State.runtime().registry.processors.values() for w in p.weights}
     if weight_id not in known:
         raise fail(f"unknown weight id {weight_id!r} (known: {', '.join(sorted(known))})")
     try:
@@ -361,22 +375,23 @@ def watch(
     import asyncio
     import signal
 
-    from artchain.adapters.watch import Folders, Watcher
-    from artchain.core.jobs import executor_from_config
-
+    runtime = State.runtime()
     try:
-        engine = State.engine()
-        chain = chain or engine.config.watch.chain
-        if chain:
-            _checked_chain(engine, chain, remote=engine.config.executor == "celery")
-    except ArtchainError as exc:
+        require_extra("watch", "watchdog")
+        config = runtime.config
+        chain = chain or config.watch.chain
+        if chain:  # workers hold the weights of a remote run: here only the steps are checked
+            runtime.parser.parse(chain) if runtime.remote else runtime.engine.check(chain)
+        if directory.exists() and not directory.is_dir():
+            raise fail(f"{directory}: not a directory")
+        workers = concurrency or config.watch.concurrency
+        executor = runtime.executor(workers=workers, max_jobs=workers)
+    except (ArtchainError, MissingExtra) as exc:
         raise fail(str(exc)) from None
-    if directory.exists() and not directory.is_dir():
-        raise fail(f"{directory}: not a directory")
-    workers = concurrency or engine.config.watch.concurrency
-    executor = executor_from_config(engine, workers=workers, max_jobs=workers)
-    watcher = Watcher(Folders(directory), executor, chain, workers, engine.config.watch.settle_seconds,
-                      max_bytes=engine.config.limits.max_bytes,
+    from artchain.adapters.watch.folder import Folders, Watcher
+
+    watcher = Watcher(Folders(directory), executor, runtime.parser.steps_of, chain, workers,
+                      config.watch.settle_seconds, max_bytes=config.limits.max_bytes,
                       say=lambda line: out.print(line, soft_wrap=True, markup=False))
 
     async def serve() -> None:
@@ -401,17 +416,19 @@ def worker(
     name: Annotated[Optional[str], typer.Option(help="worker name, e.g. gpu1@%h (default: celery@HOST)")] = None,
 ) -> None:
     """Run a queue worker: takes jobs from the Celery/Redis queue (config `queue`), preloading models."""
-    from artchain.core.config import load_config
-    from artchain.core.queue import run_worker
-
+    runtime = State.runtime()
     try:
-        config = load_config(State.config_path)
-    except ArtchainError as exc:
+        require_extra("queue", "celery")
+        runtime.config  # read now: a bad config is one line here, not a traceback in every pool process
+    except (ArtchainError, MissingExtra) as exc:
         raise fail(str(exc)) from None
-    run_worker(config, concurrency, loglevel, name)
+    from artchain.adapters.celery.worker import run_worker
+
+    run_worker(runtime, concurrency, loglevel, name)
 
 
 def _load_plugin_commands() -> None:
+    # Before the options are parsed, so without --config: the commands' runtime comes later.
     from artchain.core.plugins import discover
 
     discover().manager.hook.artchain_cli(app=app)

@@ -24,8 +24,9 @@ from artchain.core.imageio import open_image, to_tensor
 from artchain.core.imageops import resize
 from artchain.core.weights import WeightStore
 from artchain.plugins.nst import StyleTransfer
-from artchain.plugins.nst.backbones import VGG19_ID, VGG19Features
-from artchain.plugins.nst.transfer import Objective, optimise_scale
+from artchain.plugins.nst import VGG19_ID
+from artchain.plugins.nst.backbones import VGG19Features
+from artchain.plugins.nst.transfer import Objective, optimise_scale, transfer_settings
 
 SEED_IMAGES = Path(__file__).resolve().parents[1] / "../shared/seed-images"
 
@@ -59,13 +60,12 @@ def artchain_seconds_per_step(pair: Pair, backbone: str, long_side: int, steps: 
                               store: WeightStore) -> tuple[float, float]:
     """The nst step's own code at one scale; the network is built once, as the engine caches it."""
     step = StyleTransfer()
-    params = StyleTransfer.parse_params({"style": pair.style, "backbone": backbone,
-                                         "steps": steps, "scales": 1, "plateau": 0})
+    params = StyleTransfer.parse_params({"backbone": backbone, "steps": steps, "scales": 1, "plateau": 0})
     started = time.perf_counter()
     network = vgg19_network(store) if backbone == VGG19_ID else step.load(params, store, torch.device("cpu"))
     setup = time.perf_counter() - started
     content, style = load_pair(pair, long_side)
-    settings = step.settings(network, params)
+    settings = transfer_settings(network, params)
     evaluations = 0
 
     def counted(image: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,7 @@ def seed_style_seconds_per_step(pair: Pair, store: WeightStore, evaluations: int
     started = time.perf_counter()
     network = vgg19_network(store)
     content, style = load_pair(pair, 512)
-    params = StyleTransfer.parse_params({"style": pair.style, "backbone": VGG19_ID})
-    settings = StyleTransfer().settings(network, params)
+    settings = transfer_settings(network, StyleTransfer.parse_params({"backbone": VGG19_ID}))
     with torch.enable_grad():
         objective = Objective(network, content, resize(style, *content.shape[-2:]), settings)
         setup = time.perf_counter() - started

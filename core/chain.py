@@ -1,37 +1,72 @@
-"""Chain text -> a validated list of steps.
+"""Chains: what to run, as written (`StepSpec`s) and as checked against the plugins (`Chain`).
 
-Grammar: steps separated by ``,``; a step is ``name[:key=value]...``. A name is a processor, an alias
-of one (from config.yaml or declared by the processor) or a preset (a named chain from config.yaml).
-Parameters given to a preset go to every step of the preset that accepts them. A chain text equal to
-a preset name as a whole (``neon,upscale``) runs that preset.
+Grammar of chain text: steps separated by ``,``; a step is ``name[:key=value]...``. A name is a
+processor, an alias of one (declared by the processor, or a user alias from config.yaml) or a preset
+(a named chain from config.yaml). Parameters given to a preset go to every step of the preset that
+accepts them. A chain text equal to a preset name as a whole (``neon,upscale``) runs that preset.
+
+Adapters that build chains from choices (a chat button, a folder name) make `StepSpec`s directly;
+`parse_steps` turns text into the same structure, and `ChainParser.resolve` checks either.
+Nothing here reads a file: a step's file parameters are names, their content travels in the job.
 """
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 from .errors import ChainError
 from .plugins import Registry
-from .processor import Processor
+from .processor import FILE_SEPARATOR, Param, Processor
 
 MAX_PRESET_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step as written: a processor, alias or preset name and its parameters as text."""
+
+    name: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return self.name + "".join(f":{key}={value}" for key, value in self.params.items())
+
+
+def parse_steps(text: str) -> tuple[StepSpec, ...]:
+    """Chain text -> its steps as written (syntax only; names are resolved by `ChainParser`)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ChainError("the chain is empty")
+    return tuple(StepSpec(*_split_step(part)) for part in _split_chain(text))
+
+
+def chain_text(specs: Iterable[StepSpec]) -> str:
+    return ",".join(spec.text() for spec in specs)
+
+
+def _format_value(param: Param, value: Any) -> str:
+    return FILE_SEPARATOR.join(value) if param.is_file else str(value)
 
 
 @dataclass(frozen=True)
 class Step:
     processor: type[Processor]
     params: dict[str, Any]
-    source: str  # the chain text this step came from, for messages
+    source: str  # the step text this step came from, for messages
+    origin: int = 0  # index of the StepSpec it came from: a preset expands one spec into several steps
 
     @property
     def name(self) -> str:
         return self.processor.name
 
     def describe(self) -> str:
-        args = "".join(f":{p.name}={self.params[p.name]}" for p in self.processor.params
-                       if p.required or self.params[p.name] != p.default)
+        args = "".join(f":{p.name}={_format_value(p, self.params[p.name])}" for p in self.processor.params
+                       if p.name in self.params and (p.required or self.params[p.name] != p.default))
         return f"{self.name}{args}"
+
+    def missing_files(self) -> tuple[Param, ...]:
+        """Required file parameters not named here: the job must bring their files."""
+        return tuple(p for p in self.processor.file_params() if p.required and p.name not in self.params)
 
 
 @dataclass(frozen=True)
@@ -80,44 +115,62 @@ class ChainParser:
     def known_names(self) -> list[str]:
         return sorted({*self.registry.processors, *self.registry.aliases, *self.aliases, *self.presets})
 
-    def parse(self, text: str) -> Chain:
-        if not isinstance(text, str) or not text.strip():
-            raise ChainError("the chain is empty")
-        normalised = self._normalise(text)
-        if normalised in self.presets:
-            steps = self._expand(self.presets[normalised], {}, (normalised,))
-        else:
-            steps = [step for part in _split_chain(text) for step in self._resolve(part, ())]
-        return Chain(text=text.strip(), steps=tuple(steps))
+    def steps_of(self, text: str) -> tuple[StepSpec, ...]:
+        """Chain text -> steps as written; a text that is a preset's name as a whole is that preset."""
+        if isinstance(text, str) and self._normalise(text) in self.presets:
+            return (StepSpec(self._normalise(text)),)
+        return parse_steps(text)
 
-    def _expand(self, chain_text: str, params: dict[str, str], trail: tuple[str, ...]) -> list[Step]:
+    def parse(self, text: str) -> Chain:
+        return self.resolve(self.steps_of(text), text)
+
+    def resolve(self, specs: Iterable[StepSpec], text: str | None = None) -> Chain:
+        """Checks steps as written against the plugins: names, aliases, presets and parameters.
+        A required file parameter may stay unnamed (see `Step.missing_files`)."""
+        specs = tuple(specs)
+        if not specs:
+            raise ChainError("the chain is empty")
+        steps = []
+        for origin, spec in enumerate(specs):
+            for step in self._resolve(spec, ()):
+                self._check_complete(step)
+                steps.append(Step(step.processor, step.params, step.source, origin))
+        return Chain(text=(text if text is not None else chain_text(specs)).strip(), steps=tuple(steps))
+
+    def _expand(self, preset: str, params: Mapping[str, str], trail: tuple[str, ...]) -> list[Step]:
+        trail = trail + (preset,)
         if len(trail) > MAX_PRESET_DEPTH:
             raise ChainError(f"preset {trail[0]!r} refers to itself ({' -> '.join(trail)})")
-        steps = [step for part in _split_chain(chain_text) for step in self._resolve(part, trail)]
-        if params:
-            self._apply_preset_params(trail[-1], steps, params)
-        return steps
-
-    def _resolve(self, part: str, trail: tuple[str, ...]) -> list[Step]:
-        name, params = _split_step(part)
-        if name in self.presets and name not in self.registry.processors:
-            return self._expand(self.presets[name], params, trail + (name,))
-        target = self.aliases.get(name, name)
-        processor = self.registry.get(target)
-        if processor is None:
-            raise ChainError(self._unknown_message(name, target))
-        return [Step(processor, processor.parse_params(params), part)]
-
-    def _apply_preset_params(self, preset: str, steps: list[Step], params: dict[str, str]) -> None:
+        steps = [step for part in _split_chain(self.presets[preset])
+                 for step in self._resolve(StepSpec(*_split_step(part)), trail)]
         for key, value in params.items():
             takers = [i for i, step in enumerate(steps) if key in {p.name for p in step.processor.params}]
             if not takers:
                 raise ChainError(f"preset {preset}: no step accepts parameter {key!r}")
             for index in takers:
                 step = steps[index]
-                given = {k: v for k, v in step.params.items()}
-                given[key] = value
-                steps[index] = Step(step.processor, step.processor.parse_params(given), step.source)
+                raw = {p.name: _format_value(p, step.params[p.name]) for p in step.processor.params
+                       if p.name in step.params}
+                steps[index] = Step(step.processor, step.processor.parse_params({**raw, key: value}, complete=False),
+                                    step.source)
+        return steps
+
+    def _resolve(self, spec: StepSpec, trail: tuple[str, ...]) -> list[Step]:
+        if spec.name in self.presets and spec.name not in self.registry.processors:
+            return self._expand(spec.name, spec.params, trail)
+        target = self.aliases.get(spec.name, spec.name)
+        processor = self.registry.get(target)
+        if processor is None:
+            raise ChainError(self._unknown_message(spec.name, target))
+        # Complete only once every parameter is in: a preset's own parameters come later.
+        return [Step(processor, processor.parse_params(dict(spec.params), complete=False), spec.text())]
+
+    @staticmethod
+    def _check_complete(step: Step) -> None:
+        for param in step.processor.params:
+            if param.required and not param.is_file and param.name not in step.params:
+                raise ChainError(f"{step.name}: parameter {param.name} is required ({param.help})")
+        step.processor.check(step.params)
 
     def _unknown_message(self, name: str, target: str) -> str:
         if target != name:

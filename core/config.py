@@ -1,17 +1,21 @@
 """Configuration: the bundled config.yaml, overlaid by a user file and environment variables.
 
 Order (later wins): the bundled config.yaml -> the file named by ARTCHAIN_CONFIG (or passed in) ->
-environment overrides (ARTCHAIN_DEVICE, ARTCHAIN_WEIGHTS_DIR, ARTCHAIN_TELEGRAM_TOKEN, ...).
+environment overrides (ARTCHAIN_DEVICE, ARTCHAIN_WEIGHTS_DIR, ...). Core declares only what the
+engine needs; each adapter declares its own section beside its code (`SettingsSection`) and
+`artchain.runtime` composes them into one model, so an unknown key anywhere is still an error that
+names it.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from .errors import ConfigError
 
@@ -21,9 +25,6 @@ ENV_OVERRIDES = {
     "ARTCHAIN_DEVICE": "device",
     "ARTCHAIN_WEIGHTS_DIR": "weights_dir",
     "ARTCHAIN_MODEL_CACHE_MB": "model_cache_mb",
-    "ARTCHAIN_TELEGRAM_TOKEN": "telegram.token",
-    "ARTCHAIN_EXECUTOR": "executor",
-    "ARTCHAIN_BROKER_URL": "queue.broker_url",
 }
 
 
@@ -42,50 +43,6 @@ class Output(Section):
     keep_metadata: bool = False
 
 
-class Webhook(Section):
-    url: str | None = None  # public HTTPS URL Telegram posts to; empty = long polling
-    host: str = "0.0.0.0"
-    port: int = Field(8080, gt=0, lt=65536)
-    path: str = "/telegram"
-    # Telegram accepts 1-256 characters from A-Z, a-z, 0-9, _ and -; empty = a random one per start.
-    secret: str | None = Field(None, repr=False, pattern=r"^[A-Za-z0-9_-]{1,256}$")
-
-
-class Telegram(Section):
-    token: str | None = Field(None, repr=False)
-    api_url: str | None = None  # a self-hosted Bot API server; empty = api.telegram.org
-    allowed_users: list[int] = []  # empty = everyone may use the bot
-    jobs_per_user: int = Field(2, gt=0)  # running or queued at once
-    jobs_per_minute: int = Field(6, gt=0)
-    workers: int = Field(1, gt=0)
-    max_queue: int = Field(32, gt=0)  # jobs held by the whole bot; beyond it users are asked to wait
-    max_download_bytes: int = Field(20 * 1024 * 1024, gt=0)  # the Bot API's download limit
-    status_interval: float = Field(1.0, ge=0)  # seconds between edits of one status message
-    concurrent_requests: int = Field(8, gt=0)  # Bot API calls (and updates handled) at once
-    chains: list[str] = ["neon", "neon,upscale", "upscale", "cubism", "renaissance", "expressionism", "nst"]
-    offer_presets: bool = True  # every preset from `presets` gets a button too
-    webhook: Webhook = Webhook()
-
-
-class Queue(Section):
-    broker_url: str = Field("redis://127.0.0.1:6379/0", repr=False)
-    result_backend: str | None = Field(None, repr=False)  # empty = the broker
-    name: str = "artchain"
-    time_limit: int = Field(600, gt=5)  # seconds a job may run on a worker
-    visibility_timeout: int = Field(3600, gt=0)  # seconds before a vanished worker's job is redelivered
-    result_expires: int = Field(3600, gt=0)
-    max_result_bytes: int = Field(64 * 1024 * 1024, gt=0)
-    max_in_flight: int = Field(256, gt=0)  # jobs one client may wait on at once
-    worker_concurrency: int = Field(1, gt=0)
-    preload: list[str] = []  # chains whose models a worker loads before its first job
-
-
-class Watch(Section):
-    chain: str | None = None
-    concurrency: int = Field(2, ge=1, le=64)
-    settle_seconds: float = Field(1.0, gt=0)
-
-
 class Config(Section):
     device: str = "auto"
     weights_dir: Path | None = None
@@ -94,12 +51,8 @@ class Config(Section):
     seed: int = 0
     limits: Limits = Limits()
     output: Output = Output()
-    aliases: dict[str, str] = {}
+    aliases: dict[str, str] = {}  # the user's own; processors declare theirs
     presets: dict[str, str] = {}
-    telegram: Telegram = Telegram()
-    watch: Watch = Watch()
-    executor: Literal["local", "celery"] = "local"
-    queue: Queue = Queue()
 
     @field_validator("device")
     @classmethod
@@ -107,6 +60,15 @@ class Config(Section):
         if value not in {"auto", "cpu"} and not (value == "cuda" or value.startswith("cuda:")):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return value
+
+
+@dataclass(frozen=True)
+class SettingsSection:
+    """Settings that a part outside core (an adapter, the runtime) adds to the configuration:
+    top-level `fields` as name -> (type, default), and environment variables for them."""
+
+    fields: Mapping[str, tuple[Any, Any]]
+    env: Mapping[str, str] = field(default_factory=dict)  # variable -> dotted key
 
 
 def bundled_config_text() -> str:
@@ -120,6 +82,8 @@ def _read_yaml(text: str, origin: str) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{origin}{where}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: nested too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -144,8 +108,15 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[leaf] = value
 
 
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+def config_model(sections: Iterable[SettingsSection]) -> type[Config]:
+    fields = {name: spec for section in sections for name, spec in section.fields.items()}
+    return create_model("Config", __base__=Config, **fields) if fields else Config
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                sections: Iterable[SettingsSection] = ()) -> Config:
     """Loads and validates the configuration; errors name the offending key."""
+    sections = tuple(sections)
     environ = os.environ if environ is None else environ
     data = _read_yaml(bundled_config_text(), "bundled config.yaml")
     path = path or environ.get(CONFIG_ENV)
@@ -157,12 +128,15 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file in UTF-8") from None
         data = _merge(data, _read_yaml(text, origin))
-    for variable, dotted in ENV_OVERRIDES.items():
+    overrides = {**ENV_OVERRIDES, **{k: v for section in sections for k, v in section.env.items()}}
+    for variable, dotted in overrides.items():
         if environ.get(variable):
             _set_dotted(data, dotted, environ[variable])
     try:
-        return Config.model_validate(data)
+        return config_model(sections).model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"

@@ -1,37 +1,50 @@
-"""The engine: validates a chain, loads each model once (bounded LRU cache), runs the steps.
+"""The engine: checks a chain, loads each model once (bounded LRU cache), runs the steps.
 
-Safe to call from several threads at once: processors are stateless, the model cache is locked, and
-a model being loaded by one thread is waited for, not loaded twice, by another.
+`check` does everything that can fail before work starts (steps, parameters, devices, weights, the
+files the steps read, decoded with the configured limits) and returns a `Plan`; `execute` runs a
+plan on a picture. Safe to call from several threads at once: processors are stateless, the model
+cache is locked, and a model being loaded by one thread is waited for, not loaded twice, by another.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from PIL import Image
 
 from . import imageio
-from .chain import Chain, ChainParser, Step
-from .config import Config, load_config
+from .chain import Chain, ChainParser, Step, StepSpec
+from .config import Config
 from .errors import ChainError, ImageError
-from .plugins import Registry, discover
+from .job import FileKey, InputFile, read_step_files
+from .plugins import Registry
 from .processor import CancelToken, StepContext
 from .weights import WeightStore
 
+log = logging.getLogger(__name__)
 # (step index, step count, step name, fraction of that step done)
-ProgressFn = Callable[[int, int, str, float], None]
+StepProgressFn = Callable[[int, int, str, float], None]
 
 
 @dataclass
 class StepTiming:
     name: str
     seconds: float
-    output_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked chain, ready to run: where, and each step's parameters with its files decoded."""
+
+    chain: Chain
+    device: torch.device
+    params: tuple[dict[str, Any], ...]
 
 
 @dataclass
@@ -114,12 +127,13 @@ def pick_device(requested: str) -> torch.device:
 
 
 class Engine:
-    def __init__(self, config: Config | None = None, registry: Registry | None = None,
-                 store: WeightStore | None = None) -> None:
-        self.config = config or load_config()
-        self.registry = registry or discover()
-        self.store = store or WeightStore(self.config.weights_dir)
-        self.parser = ChainParser(self.registry, self.config.aliases, self.config.presets)
+    """Built by `artchain.runtime` from the configuration; tests may pass their own parts."""
+
+    def __init__(self, config: Config, registry: Registry, store: WeightStore) -> None:
+        self.config = config
+        self.registry = registry
+        self.store = store
+        self.parser = ChainParser(registry, config.aliases, config.presets)
         self.cache = ModelCache(self.config.model_cache_mb * 1024 * 1024)
         self._processors: dict[str, Any] = {}
         if self.config.threads:
@@ -129,43 +143,88 @@ class Engine:
         # setdefault keeps one instance per name even when two threads race here.
         return self._processors.setdefault(step.name, step.processor())
 
-    def prepare(self, chain_text: str | Chain, device: str | None = None) -> tuple[Chain, torch.device]:
-        """Parses and checks a chain (steps, parameters, weights, device) before any work starts."""
-        chain = chain_text if isinstance(chain_text, Chain) else self.parser.parse(chain_text)
+    def check(self, steps: str | Chain | Iterable[StepSpec], files: Mapping[FileKey, tuple[InputFile, ...]] = {},
+              device: str | None = None) -> Plan:
+        """Everything that can be refused before work starts: steps and parameters, the device,
+        the weights, and the files the steps read (decoded with the configured limits)."""
+        if isinstance(steps, Chain):
+            chain = steps
+        elif isinstance(steps, str):
+            chain = self.parser.parse(steps)
+        else:
+            chain = self.parser.resolve(steps)
         target = pick_device(device or self.config.device)
+        all_params = []
         for step in chain.steps:
-            if target.type not in step.processor.devices:
-                raise ChainError(f"{step.name} does not run on {target.type} "
-                                 f"(supported: {', '.join(step.processor.devices)})")
-            for weight_id in self.processor(step).required_weights(step.params):
-                self.store.path(weight_id)
-        return chain, target
+            self._check_runnable(step, target)
+            all_params.append({**step.params, **self._decoded_files(step, files)})
+        return Plan(chain, target, tuple(all_params))
 
-    def execute(self, chain_text: str | Chain, picture: imageio.Picture, device: str | None = None,
-                progress: ProgressFn | None = None, cancel: CancelToken | None = None) -> RunResult:
-        chain, target = self.prepare(chain_text, device)
+    def _check_runnable(self, step: Step, target: torch.device) -> None:
+        if target.type not in step.processor.devices:
+            raise ChainError(f"{step.name} does not run on {target.type} "
+                             f"(supported: {', '.join(step.processor.devices)})")
+        for weight_id in self.processor(step).required_weights(step.params):
+            self.store.path(weight_id)
+
+    def preload(self, chain_text: str) -> None:
+        """Loads the models of a chain's steps into the cache (a worker, before its first job)."""
+        target = pick_device(self.config.device)
+        for step in self.parser.parse(chain_text).steps:
+            self._check_runnable(step, target)
+            self.model(step, target)
+
+    def model(self, step: Step, target: torch.device) -> Any:
+        """The step's model on `target`, from the cache or loaded once."""
+        processor = self.processor(step)
+        key = (step.name, processor.model_key(step.params), str(target))
+        if key not in self.cache.keys():
+            log.info("loading the model of %s on %s", step.name, target)
+        return self.cache.get(key, lambda: processor.load(step.params, self.store, target))
+
+    def _decoded_files(self, step: Step, files: Mapping[FileKey, tuple[InputFile, ...]]) -> dict[str, Any]:
+        decoded = {}
+        for param in step.processor.file_params():
+            given = files.get((step.origin, param.name))
+            if given is None:
+                if param.name in step.params:
+                    raise ChainError(f"{step.name}: parameter {param.name}: the job does not include "
+                                     f"{'+'.join(step.params[param.name])}")
+                if param.required:
+                    raise ChainError(f"{step.name}: parameter {param.name} is required ({param.help})")
+                continue
+            pictures = tuple(imageio.decode_image(item.data, self.config.limits, f"{step.name} {param.name} "
+                                                  f"{item.name}") for item in given)
+            decoded[param.name] = pictures
+        return decoded
+
+    def execute(self, plan: Plan, picture: imageio.Picture, progress: StepProgressFn | None = None,
+                cancel: CancelToken | None = None) -> RunResult:
         cancel = cancel or CancelToken()
+        target, steps = plan.device, plan.chain.steps
         batch = imageio.to_tensor(picture.rgb).to(target)
         timings = []
         with torch.inference_mode():
-            for index, step in enumerate(chain.steps):
+            for index, (step, params) in enumerate(zip(steps, plan.params)):
                 cancel.check()
+                # A step may hand on a compact tensor (uint8 or half) to bound memory; the next
+                # one gets the contract's float.
+                batch = imageio.as_float(batch)
                 self._check_size(step, batch)
-                processor = self.processor(step)
-                model = self.cache.get((step.name, processor.model_key(step.params), str(target)),
-                                       lambda: processor.load(step.params, self.store, target))
-                report = _step_progress(progress, index, len(chain.steps), step.name)
+                model = self.model(step, target)
+                report = _step_progress(progress, index, len(steps), step.name)
                 context = StepContext(device=target, original_size=picture.size, progress=report,
                                       cancel=cancel, seed=self.config.seed)
                 started = time.perf_counter()
-                batch = processor.process(batch, model, step.params, context)
+                batch = self.processor(step).process(batch, model, params, context)
                 if target.type == "cuda":
                     torch.cuda.synchronize(target)
                 report(1.0)
-                timings.append(StepTiming(step.describe(), time.perf_counter() - started,
-                                          (batch.shape[-1], batch.shape[-2])))
+                timings.append(StepTiming(step.describe(), time.perf_counter() - started))
+                log.info("%s: %.2f s, output %dx%d", step.describe(), timings[-1].seconds, batch.shape[-1],
+                         batch.shape[-2])
         result = imageio.finish(picture, imageio.to_image(batch))
-        return RunResult(result, chain, target, timings)
+        return RunResult(result, plan.chain, target, timings)
 
     @staticmethod
     def _check_size(step: Step, batch: torch.Tensor) -> None:
@@ -174,28 +233,20 @@ class Engine:
             raise ImageError(f"{step.name}: image {width}x{height} is too small "
                              f"(needs at least {step.processor.needs.min_side} px on each side)")
 
-    def run(self, chain_text: str, image: Image.Image | str | Path, **options: Any) -> Image.Image:
-        """Python API: a PIL image or a path in, a PIL image out."""
+    def run(self, chain_text: str, image: Image.Image | str | Path, device: str | None = None,
+            progress: StepProgressFn | None = None, cancel: CancelToken | None = None) -> Image.Image:
+        """Python API: a PIL image or a path in, a PIL image out; files the steps name are read
+        from this machine's disk."""
         if isinstance(image, (str, Path)):
             picture = imageio.open_image(image, self.config.limits)
         else:
             picture = imageio.from_pil(image, self.config.limits)
-        return self.execute(chain_text, picture, **options).image
+        chain = self.parser.parse(chain_text)
+        plan = self.check(chain, read_step_files(chain, self.config.limits.max_bytes), device)
+        return self.execute(plan, picture, progress, cancel).image
 
 
-def _step_progress(progress: ProgressFn | None, index: int, count: int, name: str) -> Callable[[float], None]:
+def _step_progress(progress: StepProgressFn | None, index: int, count: int, name: str) -> Callable[[float], None]:
     if progress is None:
         return lambda fraction: None
     return lambda fraction: progress(index, count, name, min(max(fraction, 0.0), 1.0))
-
-
-_default: Engine | None = None
-_default_lock = threading.Lock()
-
-
-def default_engine() -> Engine:
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Engine()
-        return _default

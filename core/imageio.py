@@ -13,8 +13,6 @@ Rules (documented in the README):
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from .config import Limits, Output
 from .errors import ImageError
+from .files import write_atomically
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
@@ -152,6 +151,14 @@ def to_image(batch: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), "RGB")
 
 
+def as_float(batch: torch.Tensor) -> torch.Tensor:
+    """A step's output in the contract's form for the next step: float32 in [0, 1]. Steps may
+    return uint8 (0..255) or half precision to keep a large result small."""
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255)
+    return batch if batch.dtype == torch.float32 else batch.float()
+
+
 def finish(picture: Picture, result: Image.Image) -> Image.Image:
     """Re-attaches the input's alpha, resized to the result."""
     if picture.alpha is None:
@@ -210,16 +217,8 @@ def save_image(image: Image.Image, path: str | Path, options: Output, exif: byte
         raise ImageError(f"{path}: output directory {directory} does not exist")
     data = encode_image(image, image_format, options, exif)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
+        write_atomically(path, data)
     except OSError as exc:
-        raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as exc:
-        Path(temporary).unlink(missing_ok=True)
         raise ImageError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from importlib.metadata import entry_points
 from typing import Iterable
 
@@ -13,6 +14,7 @@ from . import hookspecs
 from .processor import Processor
 
 log = logging.getLogger(__name__)
+PLUGIN_MANIFEST = "weights.yaml"
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
@@ -27,6 +29,18 @@ class Registry:
 
     def get(self, name: str) -> type[Processor] | None:
         return self.processors.get(name) or self.processors.get(self.aliases.get(name, ""))
+
+    def weight_manifests(self) -> list[tuple[str, str, str]]:
+        """(plugin name, origin, YAML text) of each plugin package's `weights.yaml`."""
+        manifests = []
+        for name, plugin in self.manager.list_name_plugin():
+            package = getattr(plugin, "__name__", None) if hasattr(plugin, "__path__") else None
+            if package is None:
+                continue  # only a package can ship a file beside its code
+            manifest = resources.files(package) / PLUGIN_MANIFEST
+            if manifest.is_file():
+                manifests.append((name, f"{package}/{PLUGIN_MANIFEST}", manifest.read_text(encoding="utf-8")))
+        return manifests
 
 
 def _check_processor(cls: object) -> str | None:

@@ -3,12 +3,17 @@
 A processor is a class with declarative metadata (name, aliases, parameters, input needs, weights,
 devices) and two methods: `load` builds whatever it needs once (the engine caches the result), and
 `process` turns a batch tensor (B, C, H, W, float in [0, 1]) into another.
+
+Parameters are checked for type and range only; nothing here reads a file. A parameter of type
+`ImageFile` names images the step reads (nst's style): the job carries their bytes, the engine
+decodes them with the configured limits before any work starts, and `process` receives them as
+decoded pictures.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from .errors import Cancelled, ChainError
@@ -19,7 +24,18 @@ if TYPE_CHECKING:
     from .weights import WeightStore
 
 REQUIRED: Any = object()
-_PARAM_TYPES = (int, float, str, bool, Path)
+# "+" joins several files because "," separates steps and ":" separates parameters.
+FILE_SEPARATOR = "+"
+
+
+class ImageFile:
+    """Marks a parameter whose value names image files (a path, or an attachment of a job).
+
+    Parsed, it is a tuple of names; in `process` it is a tuple of `artchain.core.imageio.Picture`
+    (one element unless the parameter is `multiple`)."""
+
+
+_PARAM_TYPES = (int, float, str, bool, ImageFile)
 
 
 @dataclass(frozen=True)
@@ -33,17 +49,26 @@ class Param:
     choices: tuple[Any, ...] | None = None
     min: float | None = None
     max: float | None = None
+    multiple: bool = False  # an ImageFile parameter that takes several files joined by "+"
 
     def __post_init__(self) -> None:
         if self.type not in _PARAM_TYPES:
             raise TypeError(f"parameter {self.name}: type must be one of {_PARAM_TYPES}")
+        if self.multiple and self.type is not ImageFile:
+            raise TypeError(f"parameter {self.name}: only an ImageFile parameter can be multiple")
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    @property
+    def is_file(self) -> bool:
+        return self.type is ImageFile
+
     def parse(self, raw: Any) -> Any:
         value = self._convert(raw)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {raw!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(map(str, self.choices))}")
         if self.min is not None and value < self.min:
@@ -53,6 +78,8 @@ class Param:
         return value
 
     def _convert(self, raw: Any) -> Any:
+        if self.type is ImageFile:
+            return self._file_names(raw)
         if self.type is bool:
             if isinstance(raw, bool):
                 return raw
@@ -62,11 +89,6 @@ class Param:
             if lowered in {"0", "false", "no", "off"}:
                 return False
             raise ValueError("must be true or false")
-        if self.type is Path:
-            text = str(raw).strip()
-            if not text:
-                raise ValueError("must be a path")
-            return Path(text).expanduser()
         if self.type is int and isinstance(raw, float) and not raw.is_integer():
             raise ValueError("must be a whole number")
         try:
@@ -75,13 +97,22 @@ class Param:
             kind = {int: "a whole number", float: "a number", str: "text"}[self.type]
             raise ValueError(f"must be {kind}, got {raw!r}") from None
 
+    def _file_names(self, raw: Any) -> tuple[str, ...]:
+        names = raw if isinstance(raw, (tuple, list)) else str(raw).split(FILE_SEPARATOR)
+        names = tuple(str(name).strip() for name in names)
+        if not names or not all(names):
+            raise ValueError("must name a file")
+        if len(names) > 1 and not self.multiple:
+            raise ValueError(f"takes one file, got {len(names)}")
+        return names
+
 
 @dataclass(frozen=True)
 class InputNeeds:
-    """What a processor requires of its input; the engine pads/crops to `size_multiple` for it."""
+    """What a processor requires of its input (always RGB); the engine refuses smaller images
+    before the step runs. A processor whose network needs a size multiple pads for itself with
+    `artchain.core.imageops.pad_to_multiple`, since the multiple usually depends on the weights."""
 
-    size_multiple: int = 1
-    channels: int = 3
     min_side: int = 1
 
 
@@ -126,7 +157,7 @@ class Processor:
     aliases: ClassVar[tuple[str, ...]] = ()
     params: ClassVar[tuple[Param, ...]] = ()
     needs: ClassVar[InputNeeds] = InputNeeds()
-    weights: ClassVar[tuple[str, ...]] = ()  # ids in weights/manifest.yaml this processor may load
+    weights: ClassVar[tuple[str, ...]] = ()  # weight ids (in its plugin's weights.yaml) it may load
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def model_key(self, params: dict[str, Any]) -> tuple:
@@ -145,8 +176,20 @@ class Processor:
         raise NotImplementedError
 
     @classmethod
-    def parse_params(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """Checks and converts `given` against `params`, filling defaults; raises ChainError."""
+    def check(cls, params: dict[str, Any]) -> None:
+        """Checks that need more than one parameter at a time, once all of a step's parameters are
+        in (file parameters are names here); raises ChainError."""
+
+    @classmethod
+    def file_params(cls) -> tuple[Param, ...]:
+        return tuple(param for param in cls.params if param.is_file)
+
+    @classmethod
+    def parse_params(cls, given: dict[str, Any], complete: bool = True) -> dict[str, Any]:
+        """Checks and converts `given` against `params`, filling defaults; raises ChainError.
+
+        With `complete=False` a missing required parameter is left out instead of refused: a
+        preset's steps are parsed before the parameters given to the preset are applied."""
         known = {p.name: p for p in cls.params}
         unknown = sorted(set(given) - set(known))
         if unknown:
@@ -159,8 +202,8 @@ class Processor:
                     values[spec.name] = spec.parse(given[spec.name])
                 except ValueError as exc:
                     raise ChainError(f"{cls.name}: parameter {spec.name} {exc}") from None
-            elif spec.required:
-                raise ChainError(f"{cls.name}: parameter {spec.name} is required ({spec.help})")
-            else:
+            elif not spec.required:
                 values[spec.name] = spec.default
+            elif complete and not spec.is_file:  # a file may come with the job instead of by name
+                raise ChainError(f"{cls.name}: parameter {spec.name} is required ({spec.help})")
         return values

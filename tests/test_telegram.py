@@ -18,21 +18,23 @@ import aiohttp
 import torch
 from PIL import Image
 
-from artchain.adapters.telegram import create_bot, create_dispatcher, run_polling, run_webhook
-from artchain.adapters.telegram.jobs import StatusMessage
-from artchain.core.config import Telegram, load_config
+from artchain.adapters.telegram.app import create_bot, create_dispatcher, run_polling, run_webhook
+from artchain.adapters.telegram.settings import TelegramSettings as Telegram
+from artchain.adapters.telegram.tracking import StatusMessage
 from artchain.core.engine import Engine
 from artchain.core.hookspecs import hookimpl
-from artchain.core.jobs import LocalExecutor
+from artchain.core.job import LocalExecutor
 from artchain.core.plugins import discover
-from artchain.core.processor import Param, Processor
+from artchain.core.processor import ImageFile, Param, Processor
+from artchain.core.weights import WeightStore
+from artchain.runtime import load_settings as load_config
 from support import run_cli
 from telegram_fake_server import FakeTelegram
 
 TOKEN = "123456:TEST-secret-token-value"
 TEST_PRESETS = {"double": "resize:scale=2", "halve-and-back": "resize:scale=0.5,resize-back"}
 GATE = threading.Event()  # opens the `gate` step; tests close it to hold jobs running
-STYLE_PATHS: list[Path] = []  # style files the `paint` step was given
+STYLE_SIZES: list[tuple[int, int]] = []  # sizes of the style images the `paint` step was given
 
 
 class Paint(Processor):
@@ -40,11 +42,11 @@ class Paint(Processor):
 
     name = "paint"
     description = "test: a two-image step like neural style transfer"
-    params = (Param("style", Path, help="the style image"),)
+    params = (Param("style", ImageFile, help="the style image"),)
 
     def process(self, batch, model, params, ctx):
-        STYLE_PATHS.append(params["style"])
-        style = Image.open(params["style"]).convert("RGB")
+        style = params["style"][0].rgb
+        STYLE_SIZES.append(style.size)
         mean = torch.tensor(style.resize((1, 1), Image.Resampling.BOX).getpixel((0, 0)), dtype=batch.dtype) / 255
         return mean.view(1, 3, 1, 1).expand_as(batch).clone()
 
@@ -109,7 +111,7 @@ class Harness:
 @contextlib.asynccontextmanager
 async def running_bot(tmp_path, limits=None, **settings):
     GATE.set()
-    STYLE_PATHS.clear()
+    STYLE_SIZES.clear()
     server = FakeTelegram(TOKEN)
     await server.start()
     config = load_config(environ={})
@@ -120,7 +122,7 @@ async def running_bot(tmp_path, limits=None, **settings):
         config.limits = config.limits.model_copy(update=limits)
     defaults = {"chains": ["neon", "paint", "gate", "nst", "pencil-sketch"], "status_interval": 0.2}
     config.telegram = Telegram(api_url=server.url, **{**defaults, **settings})
-    engine = Engine(config, discover([TestPlugin()]))
+    engine = Engine(config, discover([TestPlugin()]), WeightStore(tmp_path, entries={}))
     executor = LocalExecutor(engine, config.telegram.workers, config.telegram.max_queue)
     bot = create_bot(TOKEN, config.telegram)
     dispatcher = create_dispatcher(config, engine.parser, executor)
@@ -209,7 +211,7 @@ def test_style_dialog_takes_content_then_style_and_keeps_them_apart(tmp_path):
             result = await server.reply(9, "sendPhoto")
             image = decoded(result.file)
             assert image.size == (60, 40) and close_to(image, (10, 20, 220))
-            assert len(STYLE_PATHS) == 1 and not STYLE_PATHS[0].exists()  # the job's style file is gone
+            assert STYLE_SIZES == [(30, 30)]  # the style image, not the content, reached the step
 
             # The dialog is over: the next photo is content again and gets a keyboard.
             keyboard = await bot.photo_keyboard(9, solid((0, 0, 0), 20, 20))
@@ -401,7 +403,7 @@ def test_webhook_mode_registers_itself_and_answers_updates(tmp_path):
         config = load_config(environ={})
         config.telegram = Telegram(api_url=server.url, webhook={"url": url, "host": "127.0.0.1", "port": port,
                                                                 "path": "/hook", "secret": "s3cret"})
-        engine = Engine(config, discover([TestPlugin()]))
+        engine = Engine(config, discover([TestPlugin()]), WeightStore(tmp_path, entries={}))
         executor = LocalExecutor(engine)
         webhook = asyncio.create_task(run_webhook(create_bot(TOKEN, config.telegram),
                                                   create_dispatcher(config, engine.parser, executor), config.telegram))

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from artchain.adapters.watch import Folders, Watcher, is_candidate
+from artchain.adapters.watch.folder import Folders, Watcher, is_candidate
+from artchain.core.chain import parse_steps
 
 # Upscaling x4 and back is slow enough (~0.1-0.5 s) that kills land in the middle of jobs.
 CHAIN = "resize:scale=4,resize-back"
@@ -169,7 +170,7 @@ def test_recovery_finishes_interrupted_work(tmp_path):
     (folders.failed / "refused.png.error.txt").write_text("why")
     (folders.work / "interrupted.png").write_bytes(b"input")
     (folders.outbox / ".interrupted.png.part").write_bytes(b"half")
-    watcher = Watcher(folders, executor=None, default_chain="resize-back", say=lambda line: None)
+    watcher = Watcher(folders, executor=None, steps_of=parse_steps, default_chain="resize-back", say=lambda line: None)
     assert watcher.recover() == [Path("interrupted.png")]
     assert (folders.done / "delivered.png").exists() and (folders.failed / "refused.png").exists()
     assert not (folders.outbox / ".interrupted.png.part").exists()
@@ -180,7 +181,7 @@ def test_names_and_chains(tmp_path):
     assert is_candidate(Path("photo.jpg"))
     folders = Folders(tmp_path)
     folders.create()
-    watcher = Watcher(folders, executor=None, default_chain="upscale", say=lambda line: None)
+    watcher = Watcher(folders, executor=None, steps_of=parse_steps, default_chain="upscale", say=lambda line: None)
     assert watcher.chain_for(Path("neon,upscale/a.jpg")) == "neon,upscale"
     assert watcher.chain_for(Path("a.jpg")) == "upscale"
     (folders.done / "a.jpg").write_bytes(b"earlier")
@@ -199,7 +200,7 @@ def test_a_file_over_the_size_limit_fails_unread(tmp_path):
     folders = Folders(tmp_path)
     folders.create()
     (folders.work / "big.png").write_bytes(b"x" * 2048)
-    watcher = Watcher(folders, executor=NeverCalled(), default_chain="resize-back", say=lambda line: None,
+    watcher = Watcher(folders, executor=NeverCalled(), steps_of=parse_steps, default_chain="resize-back", say=lambda line: None,
                       max_bytes=1024)
     asyncio.run(watcher.process(Path("big.png")))
     assert (folders.failed / "big.png").exists()

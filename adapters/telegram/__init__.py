@@ -1,5 +1,4 @@
-"""The Telegram bot adapter: aiogram 3 routers and FSM in front of a job executor."""
-from .app import create_bot, create_dispatcher, run_polling, run_webhook, serve
-from .handlers import describe_failure
+"""The Telegram bot adapter: aiogram 3 routers and FSM in front of a job executor.
 
-__all__ = ["create_bot", "create_dispatcher", "describe_failure", "run_polling", "run_webhook", "serve"]
+Import `app` for the bot itself; `settings` (its config section) stays importable without aiogram.
+"""

@@ -18,11 +18,13 @@ from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.types import BotCommand, CallbackQuery, MenuButtonCommands, Message, TelegramObject, User
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 
-from artchain.core.config import Config, Telegram
+from artchain.core.config import Config
+from artchain.core.job import Executor
 
-from .handlers import BotContext, Executor, build_router
-from .jobs import UserJobs
+from .handlers import BotContext, build_router
 from .menu import ChainMenu
+from .settings import TelegramSettings
+from .tracking import UserJobs
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class RequestLimit(BaseRequestMiddleware):
             return await make_request(bot, method)
 
 
-def create_bot(token: str, settings: Telegram) -> Bot:
+def create_bot(token: str, settings: TelegramSettings) -> Bot:
     api = TelegramAPIServer.from_base(settings.api_url) if settings.api_url else PRODUCTION
     bot = Bot(token, session=AiohttpSession(api=api))
     bot.session.middleware(RequestLimit(settings.concurrent_requests))
@@ -114,7 +116,7 @@ async def run_polling(bot: Bot, dispatcher: Dispatcher, handle_signals: bool = T
                                    tasks_concurrency_limit=dispatcher["context"].settings.concurrent_requests)
 
 
-async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: Telegram) -> None:
+async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: TelegramSettings) -> None:
     """Serves Telegram's webhook calls until cancelled (Ctrl-C)."""
     webhook = settings.webhook
     # Without a secret anyone who finds the URL could post forged updates; Telegram sends back

@@ -6,7 +6,6 @@ import asyncio
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import ClientError
 from aiogram import Bot, F, Router
@@ -16,12 +15,13 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import BufferedInputFile, CallbackQuery, Message, ReplyParameters
 
-from artchain.core.config import Limits, Telegram
+from artchain.core.config import Limits
 from artchain.core.errors import ArtchainError, Cancelled
-from artchain.core.jobs import ATTACHMENTS, JobRequest, JobResult, QueueFull, StatusFn
+from artchain.core.job import Executor, InputFile, Job, JobResult, QueueFull
 
-from .jobs import StatusMessage, UserJobs
 from .menu import ChainChoice, ChainMenu, ChainOption
+from .settings import TelegramSettings
+from .tracking import StatusMessage, UserJobs
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ PHOTO_KEY = "photo"
 STYLE_OPTION_KEY = "style_option"
 
 
-class Executor(Protocol):
-    async def submit(self, request: JobRequest, on_status: StatusFn | None = None,
-                     cancel=None) -> JobResult: ...
-
-
 @dataclass
 class BotContext:
     """What every handler needs; passed in through the dispatcher, never a module global."""
@@ -51,7 +46,7 @@ class BotContext:
     executor: Executor
     menu: ChainMenu
     jobs: UserJobs
-    settings: Telegram
+    settings: TelegramSettings
     limits: Limits
 
 
@@ -73,7 +68,7 @@ class Refused(Exception):
     """An input the bot will not take; the message is the friendly answer."""
 
 
-def image_source(message: Message, settings: Telegram, limits: Limits) -> Source:
+def image_source(message: Message, settings: TelegramSettings, limits: Limits) -> Source:
     """The image in a photo or document message, checked against what the bot can fetch and decode."""
     if message.photo:
         photo = message.photo[-1]  # the largest size Telegram made
@@ -91,7 +86,7 @@ def image_source(message: Message, settings: Telegram, limits: Limits) -> Source
     return Source(document.file_id, message.message_id, document.file_name or "image", as_document=True)
 
 
-def _check_download(size: int | None, settings: Telegram) -> None:
+def _check_download(size: int | None, settings: TelegramSettings) -> None:
     if size and size > settings.max_download_bytes:
         limit = settings.max_download_bytes / (1024 * 1024)
         raise Refused(f"That file is over {limit:g} MB, the most a bot can download. Please send a smaller one.")
@@ -116,7 +111,7 @@ async def on_styles(message: Message, context: BotContext) -> None:
     if not context.menu.options:
         await message.answer(NO_STYLES)
         return
-    lines = [f"{option.chain}{' (two images)' if option.needs_style else ''}: {option.description}"
+    lines = [f"{option.label}{' (two images)' if option.needs_style else ''}: {option.description}"
              for option in context.menu.options]
     await message.answer("\n".join(lines))
 
@@ -158,7 +153,7 @@ async def on_chain_choice(callback: CallbackQuery, callback_data: ChainChoice, s
     if option.needs_style:
         await state.set_state(Dialog.waiting_for_style)
         await state.update_data({STYLE_OPTION_KEY: callback_data.option})
-        await bot.send_message(chat_id, f"{option.chain}: now send the style image (a painting, a pattern...), "
+        await bot.send_message(chat_id, f"{option.label}: now send the style image (a painting, a pattern...), "
                                         "or /cancel.")
         return
     await start_job(bot, context, callback.from_user.id, chat_id, option, Source(**stored))
@@ -209,7 +204,7 @@ def describe_failure(exc: Exception) -> str:
 async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOption, content: Source,
                   style: Source | None) -> None:
     try:
-        status = await StatusMessage.send(bot, chat_id, f"{option.chain}: fetching your image...",
+        status = await StatusMessage.send(bot, chat_id, f"{option.label}: fetching your image...",
                                           context.settings.status_interval)
     except (TelegramAPIError, ClientError) as exc:  # e.g. the user blocked the bot meanwhile
         log.warning("job for chat %s not started: %s", chat_id, describe_failure(exc))
@@ -239,18 +234,14 @@ async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOpti
 
 async def _process(bot: Bot, context: BotContext, status: StatusMessage, option: ChainOption, content: Source,
                    style: Source | None) -> JobResult:
-    image = await _download(bot, content)
-    attachments, style_file = {}, None
-    if style is not None:
+    image = InputFile(content.name, await _download(bot, content))
+    files = {}
+    if style is not None and option.style_slot is not None:
         # The style travels inside the job, so it stays this job's own, on any worker.
-        suffix = Path(style.name).suffix.lower()
-        file_name = f"style{suffix if suffix in IMAGE_SUFFIXES else '.jpg'}"  # the content decides anyway
-        attachments[file_name] = await _download(bot, style)
-        style_file = f"{ATTACHMENTS}/{file_name}"
-    request = JobRequest(option.chain_text(style_file), image, "PNG" if content.as_document else "JPEG",
-                         content.name, attachments=attachments)
-    status.show(f"{option.chain}: queued...")
-    return await context.executor.submit(request, on_status=status.show_status)
+        files[option.style_slot] = (InputFile(f"style image {style.name}", await _download(bot, style)),)
+    job = Job(option.steps, image, files, "PNG" if content.as_document else "JPEG")
+    status.show(f"{option.label}: queued...")
+    return await context.executor.submit(job, on_status=status.show_status)
 
 
 async def _download(bot: Bot, source: Source) -> bytes:

@@ -110,24 +110,28 @@ class _CycleGanStyle(GanStyle):
 
 class CycleGanCubism(_CycleGanStyle):
     name = "cyclegan-cubism"
+    aliases = ("cubism",)
     description = "CycleGAN photo -> cubist painting (faceted planes, dark contours)"
     weights = ("cyclegan-cubism",)
 
 
 class CycleGanRenaissance(_CycleGanStyle):
     name = "cyclegan-renaissance"
+    aliases = ("renaissance",)
     description = "CycleGAN photo -> renaissance painting (warm varnish, soft sfumato, craquelure)"
     weights = ("cyclegan-renaissance",)
 
 
 class CycleGanExpressionism(_CycleGanStyle):
     name = "cyclegan-expressionism"
+    aliases = ("expressionism",)
     description = "CycleGAN photo -> expressionist painting (bold saturated colour, heavy strokes)"
     weights = ("cyclegan-expressionism",)
 
 
 class Pix2PixNeon(GanStyle):
     name = "pix2pix-neon"
+    aliases = ("neon",)
     description = "pix2pix neon glow: a grayscale rendering of the photo lit by glowing coloured edges"
     weights = ("pix2pix-neon",)
     network_name = "Pix2PixUNet"

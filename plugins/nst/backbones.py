@@ -21,8 +21,9 @@ import torch.nn.functional as F
 
 from artchain.core.errors import ChainError, WeightsError
 
-VGG19_ID = "vgg19"
-EFFICIENTNET_ID = "efficientnet-lite0"
+from . import AUTO, EFFICIENTNET_ID, VGG19_ID
+
+_USABLE = ("present", "imported", "bundled")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -210,4 +211,17 @@ def derive_efficientnet_lite0(destination: Path) -> None:
     save_file(state, str(destination))
 
 
-BACKBONES = {VGG19_ID: VGG19Features, EFFICIENTNET_ID: EfficientNetLite0Features}
+def load_feature_net(backbone: str, store, device: torch.device) -> FeatureNet:
+    """The feature network a step asks for; `auto` is VGG19 when its weights are there."""
+    if backbone == AUTO:
+        backbone = VGG19_ID if store.status(VGG19_ID).state in _USABLE else EFFICIENTNET_ID
+    # The engine calls this in inference mode, whose tensors could never take part in the
+    # optimisation's backward pass.
+    with torch.inference_mode(False):
+        if backbone == VGG19_ID:
+            network = VGG19Features().load_torchvision(store.load(VGG19_ID))
+        elif store.status(EFFICIENTNET_ID).state in _USABLE:
+            network = EfficientNetLite0Features().load_checkpoint(store.load(EFFICIENTNET_ID))
+        else:
+            network = EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint())
+        return network.eval().requires_grad_(False).to(device)

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
+from artchain.core.errors import ImageError
+from artchain.core.imageio import to_tensor
 from artchain.core.imageops import resize
+from artchain.core.processor import StepContext
 
 from .backbones import FeatureNet
+
+# The feature networks downsample 8x before the deepest default layers, and total variation needs
+# two pixels along each axis.
+MIN_WORKING_SIDE = 16
 
 PLATEAU_WINDOW = 20  # steps over which the relative loss improvement is measured
 MIN_SCALE_SIDE = 64  # coarser scales than this carry too little structure to be worth a pass
@@ -166,3 +173,49 @@ def preserve_colour(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor
     luma = rgb_to_ycbcr(result)[:, :1]
     chroma = rgb_to_ycbcr(content)[:, 1:]
     return ycbcr_to_rgb(torch.cat([luma, chroma], dim=1)).clamp(0.0, 1.0)
+
+
+def _layer_list(text: str) -> tuple[str, ...]:
+    # "+" joins layers because "," already separates the steps of a chain.
+    return tuple(name.strip() for name in text.split("+") if name.strip())
+
+
+def transfer_settings(network: FeatureNet, params: dict[str, Any]) -> TransferSettings:
+    """A step's parameters, with the backbone's defaults where they are left empty."""
+    defaults = network.defaults
+    content_layers = _layer_list(params["content_layers"]) or defaults.content_layers
+    style_layers = _layer_list(params["style_layers"]) or defaults.style_layers
+    network.check_layers(content_layers + style_layers)
+    return TransferSettings(
+        content_layers=content_layers, style_layers=style_layers,
+        style_weight=params["style_weight"] or defaults.style_weight,
+        content_weight=params["content_weight"], tv_weight=params["tv_weight"],
+        steps=params["steps"], scales=params["scales"], optimizer=params["optimizer"],
+        learning_rate=params["lr"], smooth_style=params["smooth"], plateau=params["plateau"])
+
+
+def run_transfer(batch: torch.Tensor, network: FeatureNet, params: dict[str, Any],
+                 ctx: StepContext) -> torch.Tensor:
+    """The `nst` step: each image of the batch repainted in the style image's manner."""
+    settings = transfer_settings(network, params)
+    style_image = to_tensor(params["style"][0].rgb).to(ctx.device)
+    height, width = batch.shape[-2:]
+    scale = params["size"] / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if min(size) < MIN_WORKING_SIDE:
+        raise ImageError(f"nst: at size={params['size']} this {width}x{height} image would be "
+                         f"{size[1]}x{size[0]}; its short side must reach {MIN_WORKING_SIDE} px "
+                         "(raise size, or crop the image)")
+    results = []
+    # The engine runs steps in inference mode; the optimisation needs autograd, and tensors made
+    # in inference mode cannot join a graph, so they are cloned once it is off.
+    with torch.inference_mode(False), torch.enable_grad():
+        style = style_image.clone()
+        for index in range(batch.shape[0]):
+            content = resize(batch[index:index + 1].clone(), *size)
+            done = index / batch.shape[0]
+            result = stylise(network, content, style, settings, params["style_scale"],
+                             lambda fraction: ctx.progress(done + fraction / batch.shape[0]),
+                             ctx.cancel.check)
+            results.append(preserve_colour(result, content) if params["preserve_colour"] else result)
+    return torch.cat(results)

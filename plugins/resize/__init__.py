@@ -2,12 +2,14 @@
 original size). They need no weights and prove the chain path before any model exists."""
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from artchain.core.errors import ChainError
 from artchain.core.hookspecs import hookimpl
-from artchain.core.imageops import resize
 from artchain.core.processor import Param, Processor, StepContext
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SIDE = 65536
 
@@ -22,15 +24,15 @@ class Resize(Processor):
     )
 
     @classmethod
-    def parse_params(cls, given):
-        values = super().parse_params(given)
-        if not (values["width"] or values["height"] or values["scale"]):
+    def check(cls, params) -> None:
+        if not (params["width"] or params["height"] or params["scale"]):
             raise ChainError("resize: give width, height or scale (e.g. resize:width=512)")
-        if values["scale"] and (values["width"] or values["height"]):
+        if params["scale"] and (params["width"] or params["height"]):
             raise ChainError("resize: give either scale or width/height, not both")
-        return values
 
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
+        from artchain.core.imageops import resize
+
         height, width = batch.shape[-2:]
         if params["scale"]:
             new_height, new_width = round(height * params["scale"]), round(width * params["scale"])
@@ -45,6 +47,8 @@ class ResizeBack(Processor):
     description = "Return to the chain input's original size (antialiased when shrinking)."
 
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
+        from artchain.core.imageops import resize
+
         width, height = ctx.original_size
         return resize(batch, height, width)
 

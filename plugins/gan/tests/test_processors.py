@@ -15,6 +15,7 @@ from artchain.plugins.gan.networks import CycleUNet, Pix2PixUNet
 from artchain.plugins.gan.processors import (MAX_WORKING_PIXELS, PROCESSORS, CycleGanExpressionism,
                                              Pix2PixNeon, working_size)
 from artchain.plugins.gan.training import export_generator, manifest_entry
+from artchain.runtime import load_settings
 
 CPU = torch.device("cpu")
 
@@ -145,7 +146,7 @@ def test_odd_size_through_the_engine_with_resize_back(tmp_path, registry):
     from artchain.core.engine import Engine
 
     store = store_with_export(tmp_path, CycleUNet(4), "cyclegan-cubism")
-    engine = Engine(registry=registry, store=store)
+    engine = Engine(load_settings(environ={}), registry, store)
     photo = Image.fromarray((gradient_image(517, 333)[0].permute(1, 2, 0).numpy() * 255).astype("uint8"))
     styled = engine.run("cubism:size=64", photo, device="cpu")
     assert styled.size == (64, 99)  # the working resolution, aspect kept

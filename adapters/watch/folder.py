@@ -36,12 +36,13 @@ from pathlib import Path
 from typing import Callable
 
 from artchain.core.errors import ArtchainError, ImageError
+from artchain.core.files import PARTIAL_SUFFIX, write_atomically
 from artchain.core.imageio import FORMATS
-from artchain.core.jobs import JobRequest, JobStatus
+from artchain.core.chain import StepSpec
+from artchain.core.job import Executor, InputFile, Job, JobStatus
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".download", ".swp", "~")
 ERROR_SUFFIX = ".error.txt"
-TEMPORARY_SUFFIX = ".part"
 
 
 def is_candidate(path: Path) -> bool:
@@ -92,9 +93,7 @@ def _move(source: Path, target: Path) -> None:
 
 def _write_atomically(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}{TEMPORARY_SUFFIX}")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)
+    write_atomically(target, data)
 
 
 QUIET_FACTOR = 10  # with close events trusted, how many settle periods a file without one waits
@@ -111,7 +110,8 @@ class _Seen:
 @dataclass
 class Watcher:
     folders: Folders
-    executor: object  # anything with `async submit(JobRequest, on_status, cancel)`
+    executor: Executor
+    steps_of: Callable[[str], tuple[StepSpec, ...]]  # chain text (a folder name) -> steps
     default_chain: str | None
     concurrency: int = 2
     settle_seconds: float = 1.0
@@ -143,9 +143,9 @@ class Watcher:
     # -- start-up ------------------------------------------------------------------------------------
     def recover(self) -> list[Path]:
         """Finishes what a crash interrupted; returns work items that still need processing."""
-        for temporary in self.folders.outbox.rglob(f".*{TEMPORARY_SUFFIX}"):
+        for temporary in self.folders.outbox.rglob(f".*{PARTIAL_SUFFIX}"):
             temporary.unlink(missing_ok=True)
-        for temporary in self.folders.failed.rglob(f".*{TEMPORARY_SUFFIX}"):
+        for temporary in self.folders.failed.rglob(f".*{PARTIAL_SUFFIX}"):
             temporary.unlink(missing_ok=True)
         pending = []
         for item in sorted(p for p in self.folders.work.rglob("*") if p.is_file()):
@@ -218,9 +218,9 @@ class Watcher:
             if self.max_bytes is not None and size > self.max_bytes:
                 raise ImageError(f"{relative}: {size} bytes is over the limit of {self.max_bytes}")
             data = await asyncio.to_thread(item.read_bytes)
-            request = JobRequest(chain, data, FORMATS[output.suffix], name=str(relative))
+            job = Job(self.steps_of(chain), InputFile(str(relative), data), output_format=FORMATS[output.suffix])
             self.say(f"{relative}: started ({chain})")
-            result = await self.executor.submit(request, show)
+            result = await self.executor.submit(job, show)
         except asyncio.CancelledError:
             _move(item, self.folders.inbox / relative)  # released: it will be taken again next time
             self.say(f"{relative}: released back to inbox")

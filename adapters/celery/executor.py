@@ -1,0 +1,116 @@
+"""The client side of the queue: `CeleryExecutor` has the same `submit` as the local executor, so
+the Telegram bot, the watcher and `artchain run --remote` need not know where jobs run. The client
+takes each job's result once, by task id, from the result backend."""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from celery.exceptions import TimeLimitExceeded
+from celery.result import AsyncResult
+
+from artchain.core.config import Limits
+from artchain.core.errors import Cancelled, ImageError
+from artchain.core.job import Job, JobFailed, JobResult, JobStatus, QueueFull, StatusFn
+from artchain.core.processor import CancelToken
+
+from .app import PROGRESS_STATE, TASK_NAME, make_app
+from .settings import QueueSettings
+
+POLL_SECONDS = 0.2
+QUEUE_LENGTH_EVERY_SECONDS = 1.0
+
+
+class CeleryExecutor:
+    """Submits jobs to the queue and awaits their results without blocking the event loop."""
+
+    def __init__(self, queue: QueueSettings, limits: Limits) -> None:
+        self.queue = queue
+        self.limits = limits
+        self.app = make_app(queue)
+        self._in_flight = 0
+        self._queue_length: tuple[float, int | None] = (0.0, None)  # (when asked, answer)
+
+    @property
+    def load(self) -> int:
+        return self._in_flight
+
+    def _waiting_in_broker(self) -> int | None:
+        """Jobs waiting in the broker, asked at most once a second for all the jobs being awaited."""
+        asked, length = self._queue_length
+        if time.monotonic() - asked < QUEUE_LENGTH_EVERY_SECONDS:
+            return length
+        try:
+            with self.app.connection_for_read() as connection:
+                length = connection.default_channel.client.llen(self.queue.name)
+        except Exception:  # noqa: BLE001 - a position is a courtesy; no broker answer, no position
+            length = None
+        self._queue_length = (time.monotonic(), length)
+        return length
+
+    async def submit(self, job: Job, on_status: StatusFn | None = None,
+                     cancel: CancelToken | None = None) -> JobResult:
+        job.check_sizes(self.limits.max_bytes)
+        if self._in_flight >= self.queue.max_in_flight:
+            raise QueueFull(f"busy: {self._in_flight} jobs in flight, the limit is {self.queue.max_in_flight}")
+        cancel = cancel or CancelToken()
+        self._in_flight += 1
+        try:
+            async_result = await asyncio.to_thread(self.app.send_task, TASK_NAME, args=[job.to_dict()])
+            return await self._await(async_result, job, on_status, cancel)
+        finally:
+            self._in_flight -= 1
+
+    async def _await(self, async_result: AsyncResult, job: Job, on_status: StatusFn | None,
+                     cancel: CancelToken) -> JobResult:
+        deadline = time.monotonic() + self.queue.visibility_timeout + self.queue.time_limit
+        last_status = None
+
+        async def revoke() -> None:
+            # Terminating stops the pool process running it; a revoked job is not requeued.
+            await asyncio.to_thread(async_result.revoke, terminate=True)
+
+        try:
+            while True:
+                if cancel.cancelled:
+                    await revoke()
+                    raise Cancelled("cancelled")
+                state, info = await asyncio.to_thread(lambda: (async_result.state, async_result.info))
+                if state == "SUCCESS":
+                    return self._result(info)
+                if state in {"FAILURE", "REVOKED"}:
+                    reason = "time limit exceeded" if isinstance(info, TimeLimitExceeded) else str(info)
+                    raise JobFailed(f"{job.name}: the worker failed ({reason})")
+                status = await asyncio.to_thread(self._status, state, info)
+                if on_status and status is not None and status != last_status:
+                    last_status = status
+                    on_status(status)
+                if time.monotonic() > deadline:
+                    await revoke()
+                    raise JobFailed(f"{job.name}: no worker finished the job in time")
+                await asyncio.sleep(POLL_SECONDS)
+        except asyncio.CancelledError:  # the caller gave up (/cancel, Ctrl-C): so does the worker
+            await revoke()
+            raise
+        finally:
+            await asyncio.to_thread(async_result.forget)
+
+    def _status(self, state: str, info: Any) -> JobStatus | None:
+        # State and info are read one after the other: a job that finished in between has its
+        # result as info already, and the next poll sees SUCCESS.
+        if state == PROGRESS_STATE and isinstance(info, dict) and "step" in info:
+            return JobStatus(0, info["step"], info["step_index"], info["step_count"], info["fraction"])
+        if state == "PENDING":
+            waiting = self._waiting_in_broker()
+            return JobStatus(position=waiting) if waiting else None
+        return None
+
+    @staticmethod
+    def _result(info: Any) -> JobResult:
+        if isinstance(info, dict) and "error" in info:
+            raise (ImageError if info.get("kind") == "ImageError" else JobFailed)(info["error"])
+        return JobResult.from_dict(info)
+
+    def shutdown(self) -> None:
+        self.app.close()

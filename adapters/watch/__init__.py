@@ -1,0 +1,1 @@
+"""The watched-folder adapter (`artchain watch DIR`); see `folder` for the delivery guarantees."""
