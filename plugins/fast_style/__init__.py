@@ -53,7 +53,9 @@ class FastStyleModel:
 
 def compute_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), float16 on CUDA, float32
-    elsewhere. Faithful in all three: the norms' statistics stay in float32 (see NormStatistics)."""
+    elsewhere. The norms' statistics stay float32 (see NormStatistics.normalise); measured on a
+    2-core AVX512-BF16 CPU (benchmarks/fast_style.py): bf16 is 1.6-2x faster than float32 at
+    46 dB PSNR against it."""
     if device.type == "cuda":
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
@@ -97,23 +99,26 @@ def working_size(height: int, width: int, size: int) -> tuple[int, int]:
 def stylise(model: FastStyleModel, content: torch.Tensor, style: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     """The transformer over `content` (B, 3, H, W): whole, or when large in tiles that share the
     whole image's normalisation statistics, so they join without seams or shifts of tone."""
-    transformer, dtype = model.networks.transformer, model.dtype
+    transformer = model.networks.transformer
+
+    def prepared(batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(model.dtype).contiguous(memory_format=torch.channels_last)
+
     padded, size = pad_to_multiple(content, SIZE_MULTIPLE)
-    style = style.to(dtype)
     height, width = padded.shape[-2:]
     grid = plan_grid(height, width, max_window_pixels=MAX_WINDOW_PIXELS, overlap=TILE_OVERLAP,
                      multiple_of=SIZE_MULTIPLE, minimum_side=MIN_SIDE)
     if grid.count == 1:
-        return crop_to(transformer(padded.to(dtype), style), size).float()
+        return crop_to(transformer(prepared(padded), style), size).float()
     statistics = NormStatistics()
     scale = STATISTICS_SIDE / max(height, width)
     small = resize(padded, *(max(MIN_SIDE, round(side * scale / SIZE_MULTIPLE) * SIZE_MULTIPLE)
                              for side in (height, width)))
-    transformer(small.to(dtype), style, statistics)
+    transformer(prepared(small), style, statistics)
     ctx.cancel.check()
 
     def tile(job: TileJob) -> torch.Tensor:
-        result = transformer(job.window.to(dtype), style, NormStatistics(statistics.values))
+        result = transformer(prepared(job.window), style, NormStatistics(statistics.values))
         return result[..., job.rows, job.columns].float()
 
     output = torch.empty_like(padded)
@@ -143,8 +148,9 @@ class FastStyle(Processor):
     def load(self, params: dict[str, Any], store, device: torch.device) -> FastStyleModel:
         dtype = compute_dtype(device)
         networks = build_networks(store.load(WEIGHT_ID), device)
-        # The predictor runs once per style at 256x256: float32 costs nothing there.
-        networks.transformer.to(dtype)
+        # channels_last: oneDNN's convolutions with 3 to 32 channels run 1.3-2x faster in it
+        # (measured, both dtypes). The predictor runs once per style at 256x256 and stays float32.
+        networks.transformer.set_precision(dtype, torch.channels_last)
         return FastStyleModel(networks, dtype)
 
     def process(self, batch: torch.Tensor, model: FastStyleModel, params: dict[str, Any],

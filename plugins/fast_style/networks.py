@@ -103,8 +103,8 @@ class InvertedResidual(nn.Module):
         q, path = self.quant, self.tf_path
         h = x
         if self.expand is not None:
-            h = q(f"{path}/expand/Relu6", F.relu6(self.expand(h)))
-        h = q(f"{path}/depthwise/Relu6", F.relu6(self.depthwise(self.depthwise.pad(h))))
+            h = q(f"{path}/expand/Relu6", F.relu6(self.expand(h), inplace=True))
+        h = q(f"{path}/depthwise/Relu6", F.relu6(self.depthwise(self.depthwise.pad(h)), inplace=True))
         h = q(f"{path}/project/BatchNorm/FusedBatchNormV3", self.project(h))
         if self.residual:
             h = q(f"{path}/add", h + x)
@@ -138,9 +138,9 @@ class StylePredictor(nn.Module):
     def forward(self, style: torch.Tensor) -> torch.Tensor:
         q = self.quant
         x = q("style_image", style)
-        x = q("MobilenetV2/Conv/Relu6", F.relu6(self.stem(self.stem.pad(x))))
+        x = q("MobilenetV2/Conv/Relu6", F.relu6(self.stem(self.stem.pad(x)), inplace=True))
         x = self.blocks(x)
-        x = q("MobilenetV2/Conv_1/Relu6", F.relu6(self.head(x)))
+        x = q("MobilenetV2/Conv_1/Relu6", F.relu6(self.head(x), inplace=True))
         x = q("bottleneck/Mean", x.mean((2, 3), keepdim=True))
         return q("mobilenet_conv/Conv/BiasAdd", self.bottleneck(x)).flatten(1)
 
@@ -150,7 +150,7 @@ class StylePredictor(nn.Module):
 
 
 class NormStatistics:
-    """Per-channel (variance, mean) of every instance norm, in the order the transformer applies
+    """Per-channel (mean, variance) of every instance norm, in the order the transformer applies
     them: recorded on one pass and replayed on others, so that the tiles of a large image are
     normalised alike, as parts of one picture, instead of each by its own statistics."""
 
@@ -159,14 +159,23 @@ class NormStatistics:
         self.replaying = recorded is not None
         self.position = 0
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalise(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """gamma * (x - mean) / sqrt(variance + eps) + beta for one sample (x: (1, C, H, W)).
+
+        torch's batch norm kernel is the instance norm of a single sample: it reads the statistics
+        in float32 and normalises in one pass, 2-6x faster than var_mean plus a multiply-add, and
+        unlike folding the mean into a shift it stays exact in bfloat16 when the mean is far
+        larger than the spread."""
         if self.replaying:
+            mean, variance = self.values[self.position]
             self.position += 1
-            return self.values[self.position - 1]
-        # float32 whatever the compute dtype: bf16 sums over a megapixel lose the mean.
-        value = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
-        self.values.append(value)
-        return value
+            return F.batch_norm(x, mean, variance, gamma, beta, training=False, eps=NORM_EPSILON)
+        mean, variance = torch.zeros_like(gamma), torch.ones_like(gamma)
+        # momentum 1 makes the "running" statistics this sample's own, the variance unbiased.
+        result = F.batch_norm(x, mean, variance, gamma, beta, training=True, momentum=1.0, eps=NORM_EPSILON)
+        pixels = x.shape[-2] * x.shape[-1]
+        self.values.append((mean, variance * ((pixels - 1) / pixels)))
+        return result
 
 
 class ConditionalInstanceNorm(nn.Module):
@@ -180,15 +189,16 @@ class ConditionalInstanceNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, statistics: "NormStatistics | None") -> torch.Tensor:
         q, path = self.quant, self.tf_path
-        gamma = q(f"style_params/{path}/Conv_1/BiasAdd", self.scale(style))[:, :, None, None]
-        beta = q(f"style_params/{path}/Conv/BiasAdd", self.shift(style))[:, :, None, None]
+        gamma = q(f"style_params/{path}/Conv_1/BiasAdd", self.scale(style))
+        beta = q(f"style_params/{path}/Conv/BiasAdd", self.shift(style))
         if not q.active:
-            variance, mean = (statistics or NormStatistics())(x)
-            # Folded into one multiply-add per pixel.
-            factor = gamma * torch.rsqrt(variance + NORM_EPSILON)
-            return torch.addcmul((beta - mean * factor).to(x.dtype), x, factor.to(x.dtype))
+            statistics = statistics or NormStatistics()
+            return torch.cat([statistics.normalise(x[index:index + 1], gamma[index], beta[index])
+                              for index in range(x.shape[0])]) if x.shape[0] > 1 else \
+                statistics.normalise(x, gamma[0], beta[0])
         if statistics is not None:
             raise ValueError("fake quantization computes its own statistics")
+        gamma, beta = gamma[:, :, None, None], beta[:, :, None, None]
         # The int8 graph's op order, each intermediate on its own int8 grid.
         mean = q(f"{path}/moments/mean", x.mean((2, 3), keepdim=True))
         variance = q(f"{path}/moments/variance",
@@ -225,7 +235,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, style: torch.Tensor, statistics: "NormStatistics | None") -> torch.Tensor:
         q, path = self.quant, self.tf_path
-        h = q(f"{path}/conv1/Relu", F.relu(self.conv1(x, style, statistics)))
+        h = q(f"{path}/conv1/Relu", F.relu(self.conv1(x, style, statistics), inplace=True))
         h = q(f"{path}/conv2/StyleNorm/batchnorm/add_1", self.conv2(h, style, statistics))
         return q(f"{path}/add", x + h)
 
@@ -266,6 +276,13 @@ class StyleTransformer(nn.Module):
             UpsampleBlock(quant, "transformer/expand/conv3", 8, 3, 9, 1),
         ])
 
+    def set_precision(self, dtype: torch.dtype, memory_format: torch.memory_format) -> None:
+        """Convolutions in `dtype` and `memory_format` (the content must match); the style layers
+        stay float32, as do the norms' statistics: they take 100 numbers and give per-channel ones."""
+        for module in self.modules():
+            if isinstance(module, TFConv):
+                module.to(dtype=dtype, memory_format=memory_format)
+
     def forward(self, content: torch.Tensor, style: torch.Tensor,
                 statistics: NormStatistics | None = None) -> torch.Tensor:
         """`statistics`: None normalises with this input's own statistics; a recording
@@ -276,11 +293,11 @@ class StyleTransformer(nn.Module):
         for index, conv in enumerate(self.contract):
             pad_name = "MirrorPad" + (f"_{index}" if index else "")
             x = q(f"transformer/contract/{pad_name}", conv.pad(x))
-            x = q(f"{conv.tf_path}/Relu", F.relu(conv(x)))
+            x = q(f"{conv.tf_path}/Relu", F.relu(conv(x), inplace=True))
         for block in self.residual:
             x = block(x, style, statistics)
         for block in self.expand[:-1]:
-            x = q(f"{block.tf_path}/conv/Relu", F.relu(block(x, style, statistics)))
+            x = q(f"{block.tf_path}/conv/Relu", F.relu(block(x, style, statistics), inplace=True))
         last = self.expand[-1]
         x = q(f"{last.tf_path}/conv/StyleNorm/batchnorm/add_1", last(x, style, statistics))
         return q(f"{last.tf_path}/conv/Sigmoid", torch.sigmoid(x))
@@ -296,7 +313,8 @@ class StyleNetworks:
     transformer: StyleTransformer
 
     def fake_quant(self, active: bool) -> None:
-        """Applies (True) or skips (False) the int8 graph's activation quantization."""
+        """Applies (True) or skips (False) the int8 graph's activation quantization (which models
+        float32 arithmetic: the networks must be in float32 for it)."""
         for network in (self.predictor, self.transformer):
             network.quant.active = active
 

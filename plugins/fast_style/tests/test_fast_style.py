@@ -69,7 +69,7 @@ def test_strength_moves_between_the_photos_own_style_and_the_style_image(model, 
 def test_several_styles_are_averaged(model, small_photo, seed_style, chelsea):
     cat = Picture(chelsea)
     alone, twice = run(model, small_photo, (seed_style,)), run(model, small_photo, (seed_style, seed_style))
-    assert torch.allclose(alone, twice, atol=1e-5)
+    assert psnr(alone, twice) > 40  # the same vector up to batching noise, rendered in bf16 here
     mixed, other = run(model, small_photo, (seed_style, cat)), run(model, small_photo, (cat,))
     assert psnr(mixed, alone) < 35 and psnr(mixed, other) < 35
 
@@ -123,6 +123,6 @@ def test_bfloat16_stays_faithful(store, small_photo, seed_style):
     results = []
     for dtype in (torch.float32, torch.bfloat16):
         model = FastStyle().load({}, store, torch.device("cpu"))
-        model.networks.transformer.to(dtype)
+        model.networks.transformer.set_precision(dtype, torch.channels_last)
         results.append(run(FastStyleModel(model.networks, dtype), small_photo, (seed_style,)))
     assert psnr(results[1], results[0]) > 40
