@@ -145,7 +145,8 @@ class LocalRunner:
         from artchain.core.job import run_job
 
         with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=err, transient=True) as bars:
+                      TimeElapsedColumn(), console=err, transient=True,
+                      disable=not err.is_terminal) as bars:
             tasks: dict[int, int] = {}
 
             def show(status) -> None:

@@ -202,6 +202,7 @@ class Engine:
                 cancel: CancelToken | None = None) -> RunResult:
         cancel = cancel or CancelToken()
         target, steps = plan.device, plan.chain.steps
+        self._check_planned_sizes(plan, picture.size)
         batch = imageio.to_tensor(picture.rgb).to(target)
         timings = []
         with torch.inference_mode():
@@ -225,6 +226,14 @@ class Engine:
                          batch.shape[-2])
         result = imageio.finish(picture, imageio.to_image(batch))
         return RunResult(result, plan.chain, target, timings)
+
+    def _check_planned_sizes(self, plan: Plan, size: tuple[int, int]) -> None:
+        limit, original = self.config.limits.max_pixels, size
+        for step, params in zip(plan.chain.steps, plan.params):
+            size = self.processor(step).output_size(params, size, original)
+            if size[0] * size[1] > limit:
+                raise ImageError(f"{step.describe()}: would make a {size[0]}x{size[1]} image, over the limit "
+                                 f"of {limit} pixels (limits.max_pixels)")
 
     @staticmethod
     def _check_size(step: Step, batch: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ Rules (documented in the README):
 - Alpha is split off, the chain runs on RGB, and the alpha is resized to the output and re-attached.
   Formats without alpha (JPEG) get the image composited onto white instead.
 - Outputs carry no EXIF/GPS unless `output.keep_metadata` is set.
+- Only the formats in READABLE_FORMATS are opened, recognised by content, never by name: a
+  PostScript or EPS file renamed .png is refused instead of being handed to Ghostscript.
 - Files over `limits.max_bytes` or images over `limits.max_pixels` are refused before decoding;
   Pillow's decompression-bomb guard stays on.
 - Outputs are written to a temporary file beside the target and renamed into place.
@@ -26,6 +28,10 @@ from .errors import ImageError
 from .files import write_atomically
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# What inputs may be. Formats whose header can understate the decoded size (ICO, ICNS hold whole PNGs)
+# or that run an interpreter (EPS, PDF) are not among them. Camera JPEGs that Pillow reads as MPO
+# come in through the JPEG opener.
+READABLE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -74,13 +80,13 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Picture:
         with warnings.catch_warnings():
             # Pillow warns below its hard bomb limit; treat that as the refusal it announces.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
             _check_pixels(image, limits, name)  # from the header, before any pixel is decoded
             image.load()
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image file (or a format Pillow cannot read)") from None
+        raise ImageError(f"{name}: not an image file artchain reads (JPEG, PNG, WebP, BMP, TIFF or GIF)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: refused as a decompression bomb") from None
     except (OSError, SyntaxError, ValueError) as exc:

@@ -180,6 +180,12 @@ class Processor:
         """Checks that need more than one parameter at a time, once all of a step's parameters are
         in (file parameters are names here); raises ChainError."""
 
+    def output_size(self, params: dict[str, Any], size: tuple[int, int],
+                    original_size: tuple[int, int]) -> tuple[int, int]:
+        """The (width, height) this step will produce from an input of `size`, so the engine can
+        refuse a chain whose steps would grow past the pixel limit before any work starts."""
+        return size
+
     @classmethod
     def file_params(cls) -> tuple[Param, ...]:
         return tuple(param for param in cls.params if param.is_file)

@@ -12,6 +12,8 @@ from PIL import Image
 from artchain.core import imageio
 from artchain.core.config import Limits, Output
 from artchain.core.errors import ImageError
+from artchain.core.imageio import decode_image
+from support import run_cli
 
 LIMITS = Limits()
 
@@ -150,3 +152,32 @@ def test_a_size_the_format_cannot_hold_is_a_clear_error():
     wide = Image.new("RGB", (16_400, 2))
     with pytest.raises(ImageError, match="cannot encode a 16400x2 image as WEBP"):
         imageio.encode_image(wide, "WEBP", Output())
+
+
+def _ico_holding(png: bytes) -> bytes:
+    """An ICO whose directory claims 256x256 while the PNG inside is whatever it is."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_only_the_formats_artchain_means_to_read_are_opened(tmp_path, isolated_env):
+    big = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(big, "PNG")
+    hostile = {
+        "postscript.png": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n",
+        "icon.png": _ico_holding(big.getvalue()),
+    }
+    for name, data in hostile.items():
+        with pytest.raises(ImageError, match=f"{name}: not an image file artchain reads"):
+            decode_image(data, Limits(max_pixels=1_000_000), name)
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = run_cli("run", "resize:scale=1", path, "-o", tmp_path / f"out-{name}", env=isolated_env)
+        assert result.returncode == 1 and not (tmp_path / f"out-{name}").exists()
+        assert result.stderr.splitlines()[0] == (f"failed: {path}: not an image file artchain reads "
+                                                 "(JPEG, PNG, WebP, BMP, TIFF or GIF)")
+    for image_format in ("BMP", "TIFF", "GIF", "WEBP", "JPEG", "PNG"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (5, 4), (9, 99, 199)).save(buffer, image_format)
+        assert decode_image(buffer.getvalue(), Limits(), image_format).size == (5, 4)

@@ -60,6 +60,11 @@ class StyleTransfer(Processor):
     def required_weights(self, params: dict[str, Any]) -> tuple[str, ...]:
         return (VGG19_ID,) if params["backbone"] == VGG19_ID else ()
 
+    def output_size(self, params: dict[str, Any], size: tuple[int, int],
+                    original_size: tuple[int, int]) -> tuple[int, int]:
+        scale = params["size"] / max(size)
+        return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
     def load(self, params: dict[str, Any], store, device: torch.device) -> FeatureNet:
         from .backbones import load_feature_net
 

@@ -30,21 +30,29 @@ class Resize(Processor):
         if params["scale"] and (params["width"] or params["height"]):
             raise ChainError("resize: give either scale or width/height, not both")
 
+    def output_size(self, params, size, original_size) -> tuple[int, int]:
+        width, height = size
+        if params["scale"]:
+            new_width, new_height = round(width * params["scale"]), round(height * params["scale"])
+        else:
+            new_width = params["width"] or round(width * params["height"] / height)
+            new_height = params["height"] or round(height * params["width"] / width)
+        return max(1, new_width), max(1, new_height)
+
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
         from artchain.core.imageops import resize
 
         height, width = batch.shape[-2:]
-        if params["scale"]:
-            new_height, new_width = round(height * params["scale"]), round(width * params["scale"])
-        else:
-            new_width = params["width"] or round(width * params["height"] / height)
-            new_height = params["height"] or round(height * params["width"] / width)
-        return resize(batch, max(1, new_height), max(1, new_width))
+        new_width, new_height = self.output_size(params, (width, height), ctx.original_size)
+        return resize(batch, new_height, new_width)
 
 
 class ResizeBack(Processor):
     name = "resize-back"
     description = "Return to the chain input's original size (antialiased when shrinking)."
+
+    def output_size(self, params, size, original_size) -> tuple[int, int]:
+        return original_size
 
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
         from artchain.core.imageops import resize
