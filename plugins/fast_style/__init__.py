@@ -2,7 +2,7 @@
 2017, "Exploring the structure of a real-time, arbitrary neural artistic stylization network").
 
     artchain run "fast-style:style=starry.jpg" photo.jpg
-    artchain run "fast-style:style=a.jpg+b.jpg,strength=0.7" photo.jpg
+    artchain run "fast-style:style=a.jpg+b.jpg:strength=0.7:size=768" photo.jpg
 
 A style predictor turns each style image into 100 numbers (their average when several are given);
 the transformer repaints the content with them at the content's own resolution. The weights are
