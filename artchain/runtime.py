@@ -95,7 +95,9 @@ class Runtime:
         require_extra("queue", "celery")
         from artchain.adapters.celery.executor import CeleryExecutor
 
-        return CeleryExecutor(self.config.queue, self.config.limits)
+        executor = CeleryExecutor(self.config.queue, self.config.limits)
+        executor.check_broker()
+        return executor
 
 
 _default: Runtime | None = None

@@ -7,15 +7,33 @@ network.
 """
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from .settings import QueueSettings
 
 TASK_NAME = "artchain.run_job"
 PROGRESS_STATE = "PROGRESS"
+OUTAGE_SECONDS = 60  # how long a client or worker waits out a broker that is gone, retrying about once a second
+
+
+class _OneLineRetries(logging.Filter):
+    """Celery logs each retry of a result-backend operation with a full traceback; during a broker
+    restart that is dozens of tracebacks for an expected, handled condition. One line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()} ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def make_app(queue: QueueSettings) -> Celery:
+    retries = logging.getLogger("celery.backends.base")
+    if not any(isinstance(existing, _OneLineRetries) for existing in retries.filters):
+        retries.addFilter(_OneLineRetries())
     app = Celery("artchain", broker=queue.broker_url, backend=queue.result_backend or queue.broker_url)
     app.conf.update(
         task_acks_late=True,
@@ -39,6 +57,16 @@ def make_app(queue: QueueSettings) -> Celery:
         },
         result_backend_transport_options={"visibility_timeout": queue.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        # A broker or backend restart must cost time, not jobs: publishing, result reads and writes,
+        # and the worker's consumer reconnect with a bounded backoff (about OUTAGE_SECONDS).
+        broker_connection_retry=True,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": OUTAGE_SECONDS, "interval_start": 0.5, "interval_step": 0.5,
+                                   "interval_max": 1.0},
+        result_backend_always_retry=True,
+        result_backend_max_retries=OUTAGE_SECONDS,
+        result_backend_base_sleep_between_retries_ms=500,
+        result_backend_max_sleep_between_retries_ms=1000,
         worker_hijack_root_logger=False,
     )
     return app

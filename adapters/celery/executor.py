@@ -7,11 +7,13 @@ import asyncio
 import time
 from typing import Any
 
-from celery.exceptions import TimeLimitExceeded
+from celery.exceptions import BackendError, TimeLimitExceeded
 from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from artchain.core.config import Limits
-from artchain.core.errors import Cancelled, ImageError
+from artchain.core.errors import Cancelled, ConfigError, ImageError
 from artchain.core.job import Job, JobFailed, JobResult, JobStatus, QueueFull, StatusFn
 from artchain.core.processor import CancelToken
 
@@ -20,6 +22,9 @@ from .settings import QueueSettings
 
 POLL_SECONDS = 0.2
 QUEUE_LENGTH_EVERY_SECONDS = 1.0
+STARTUP_CHECK_SECONDS = 3.0
+# What a broker or result backend that is restarting raises; a job rides them out until its deadline.
+BROKER_ERRORS = (OSError, RedisError, OperationalError, BackendError)
 
 
 class CeleryExecutor:
@@ -35,6 +40,17 @@ class CeleryExecutor:
     @property
     def load(self) -> int:
         return self._in_flight
+
+    def check_broker(self) -> None:
+        """Fails fast, in one line, when the broker cannot be reached at all when starting (an
+        outage later is waited out instead)."""
+        url = self.app.connection_for_write().as_uri()  # the password masked
+        try:
+            with self.app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=STARTUP_CHECK_SECONDS)
+        except BROKER_ERRORS as exc:
+            raise ConfigError(f"cannot reach the queue's broker at {url} ({type(exc).__name__}); start Redis "
+                              "(e.g. `redis-server` or `docker compose up redis`) or fix queue.broker_url") from None
 
     def _waiting_in_broker(self) -> int | None:
         """Jobs waiting in the broker, asked at most once a second for all the jobs being awaited."""
@@ -76,7 +92,11 @@ class CeleryExecutor:
                 if cancel.cancelled:
                     await revoke()
                     raise Cancelled("cancelled")
-                state, info = await asyncio.to_thread(lambda: (async_result.state, async_result.info))
+                try:
+                    state, info = await asyncio.to_thread(lambda: (async_result.state, async_result.info))
+                except BROKER_ERRORS:  # the backend is restarting: ask again until the deadline
+                    await asyncio.sleep(POLL_SECONDS * 5)
+                    continue
                 if state == "SUCCESS":
                     return self._result(info)
                 if state in {"FAILURE", "REVOKED"}:
@@ -94,7 +114,10 @@ class CeleryExecutor:
             await revoke()
             raise
         finally:
-            await asyncio.to_thread(async_result.forget)
+            try:
+                await asyncio.to_thread(async_result.forget)
+            except BROKER_ERRORS:
+                pass  # the result expires by itself (queue.result_expires)
 
     def _status(self, state: str, info: Any) -> JobStatus | None:
         # State and info are read one after the other: a job that finished in between has its

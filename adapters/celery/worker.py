@@ -32,9 +32,12 @@ def _run_job_task(task, payload: dict[str, Any]) -> dict[str, Any]:
     def report(status: JobStatus) -> None:
         if time.monotonic() - last[0] >= PROGRESS_EVERY_SECONDS or status.fraction >= 1.0:
             last[0] = time.monotonic()
-            task.update_state(state=PROGRESS_STATE, meta={
-                "step": status.step, "step_index": status.step_index,
-                "step_count": status.step_count, "fraction": status.fraction})
+            try:
+                task.update_state(state=PROGRESS_STATE, meta={
+                    "step": status.step, "step_index": status.step_index,
+                    "step_count": status.step_count, "fraction": status.fraction})
+            except Exception as exc:  # noqa: BLE001 - progress is a courtesy; the job must go on
+                log.warning("progress of job %s not reported: %s", task.request.id, type(exc).__name__)
 
     try:
         job = Job.from_dict(payload)
