@@ -205,3 +205,28 @@ def test_a_file_over_the_size_limit_fails_unread(tmp_path):
     asyncio.run(watcher.process(Path("big.png")))
     assert (folders.failed / "big.png").exists()
     assert "2048 bytes is over the limit of 1024" in folders.error_for(Path("big.png")).read_text()
+
+
+@pytest.mark.slow
+def test_a_file_being_written_when_the_watcher_starts_is_waited_for(tmp_path, isolated_env):
+    folders = Folders(tmp_path / "box")
+    folders.create()
+    data = photo_bytes(3, side=96)
+    slow = folders.inbox / "started-before.png"
+    with open(slow, "wb") as handle:
+        handle.write(data[: len(data) // 3])
+        handle.flush()
+        process = start_watcher(folders.root, isolated_env, tmp_path / "watch.log")
+        try:
+            wait_for(lambda: "watching" in (tmp_path / "watch.log").read_text(), 60, "the watcher to start")
+            time.sleep(4)  # several settle periods of silence from a writer that still holds the file
+            assert slow.exists(), "a half-written file was taken"
+            handle.write(data[len(data) // 3:])
+        finally:
+            handle.flush()
+    try:
+        wait_for(lambda: (folders.outbox / "started-before.png").exists(), 120, "the result")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    check_exactly_once(folders, {"started-before.png"}, set())

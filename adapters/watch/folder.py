@@ -22,7 +22,9 @@ renames into inbox/, so a file is taken as soon as its writer closes it or it is
 slow writer that pauses is never taken early; a file that changed without such an event (e.g. its
 mtime touched) is taken after 10 x `settle_seconds` of quiet. Where close events do not exist, and
 for files that arrived while the watcher was down, a file is taken once its size and mtime have
-been stable for `settle_seconds`.
+been stable for `settle_seconds`. On Linux no file is taken while a process holds it open for
+writing (from /proc), so a writer that was already busy when the watcher started, and pauses, is
+waited for.
 Hidden, temporary and partial files (.name, ~name, *.tmp, *.part, *.crdownload, *.swp, name~) are
 ignored.
 """
@@ -97,6 +99,33 @@ def _write_atomically(target: Path, data: bytes) -> None:
 
 
 QUIET_FACTOR = 10  # with close events trusted, how many settle periods a file without one waits
+_WRITE_MODES = os.O_WRONLY | os.O_RDWR
+
+
+def open_for_writing(folder: Path) -> set[Path] | None:
+    """Files under `folder` that some process holds open for writing, from /proc (Linux); None where
+    that cannot be known. A writer that pauses longer than any quiet period is still writing."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fdinfo").is_dir():
+        return None
+    prefix = f"{folder.resolve()}{os.sep}"
+    held = set()
+    for descriptors in proc.glob("[0-9]*/fd"):
+        try:
+            links = [(fd, os.readlink(fd)) for fd in descriptors.iterdir()]
+        except OSError:
+            continue  # the process ended, or is not ours to look at
+        for fd, target in links:
+            if not target.startswith(prefix):
+                continue
+            try:
+                info = (descriptors.parent / "fdinfo" / fd.name).read_text()
+            except OSError:
+                continue
+            flags = next((line.split()[1] for line in info.splitlines() if line.startswith("flags:")), "0")
+            if int(flags, 8) & _WRITE_MODES:
+                held.add(Path(target))
+    return held
 
 
 @dataclass
@@ -194,7 +223,8 @@ class Watcher:
                 ready.append(path)
         for gone in set(self._seen) - present:
             self._seen.pop(gone, None)
-        return ready
+        held = open_for_writing(self.folders.inbox) if ready else None
+        return [path for path in ready if path.resolve() not in held] if held else ready
 
     # -- processing ----------------------------------------------------------------------------------
     async def process(self, relative: Path) -> None:
