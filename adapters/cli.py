@@ -341,14 +341,35 @@ def weights_import(
 ) -> None:
     """Use your own checkpoint for a weight id; its sha256 is recorded."""
     store = _store()
-    known = set(store.entries) | {w for p in State.runtime().registry.processors.values() for w in p.weights}
+    processors = State.runtime().registry.processors.values()
+    known = set(store.entries) | {w for p in processors for w in p.weights}
     if weight_id not in known:
         raise fail(f"unknown weight id {weight_id!r} (known: {', '.join(sorted(known))})")
+    loaders = [processor() for processor in processors if weight_id in processor.weights]
+
+    def fits(state: dict) -> None:
+        for loader in loaders:
+            loader.check_weights(weight_id, state)
+
     try:
-        record = store.import_file(path, weight_id)
+        record = store.import_file(path, weight_id, check=fits)
     except ArtchainError as exc:
         raise fail(str(exc), SOME_FAILED) from None
-    out.print(f"{weight_id}: imported {path} (sha256 {record.sha256[:16]}...)")
+    out.print(f"{weight_id}: imported {path} (sha256 {record.sha256[:16]}...; undo with "
+              f"`artchain weights remove {weight_id}`)")
+
+
+@weights_app.command("remove")
+def weights_remove(
+    weight_id: Annotated[str, typer.Argument(help="a weight id you imported a file for")],
+) -> None:
+    """Undo `weights import`: the id goes back to its manifest file (or to missing)."""
+    store = _store()
+    try:
+        record = store.remove_import(weight_id)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{weight_id}: removed the file imported from {record.source}; now {store.status(weight_id).state}")
 
 
 @weights_app.command("verify")

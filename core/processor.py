@@ -168,6 +168,11 @@ class Processor:
         """Weight ids this step will load with these parameters; checked before any work starts."""
         return self.weights
 
+    def check_weights(self, weight_id: str, state: dict) -> None:
+        """Refuses (WeightsError naming what was found) a state dict that does not fit this
+        processor's network: `weights import` calls it before recording a file, and `load` should
+        call it before allocating anything, so a wrong or hostile file cannot exhaust memory."""
+
     def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
         return None
 

@@ -247,12 +247,16 @@ class WeightStore:
         return load_safely(self.path(weight_id))
 
     # -- changing the store -----------------------------------------------------------------------
-    def import_file(self, source: Path, weight_id: str) -> ImportedWeight:
-        """Copies a user's checkpoint into the store under `weight_id`, after a safe load proves it."""
+    def import_file(self, source: Path, weight_id: str,
+                    check: Callable[[dict], None] | None = None) -> ImportedWeight:
+        """Copies a user's checkpoint into the store under `weight_id`, after a safe load proves it
+        holds only tensors and `check` (the loading plugin's) proves they fit its network."""
         source = Path(source)
         if not source.is_file():
             raise WeightsError(f"{source}: no such file")
-        load_safely(source)
+        state = load_safely(source)
+        if check is not None:
+            check(state)
         self.directory.mkdir(parents=True, exist_ok=True)
         target_name = f"imported/{weight_id}{''.join(source.suffixes[-1:]) or '.pth'}"
         target = self.directory / target_name
@@ -266,6 +270,17 @@ class WeightStore:
         index = {key: vars(value) for key, value in self.imported().items()}
         index[weight_id] = vars(record)
         write_atomically(self.directory / IMPORTED, yaml.safe_dump(index, sort_keys=True).encode())
+        return record
+
+    def remove_import(self, weight_id: str) -> ImportedWeight:
+        """Undoes `import_file`: the id falls back to the manifest's file (or is missing again)."""
+        imported = self.imported()
+        record = imported.pop(weight_id, None)
+        if record is None:
+            raise WeightsError(f"no imported file for {weight_id!r} (imported: {', '.join(sorted(imported)) or 'none'})")
+        write_atomically(self.directory / IMPORTED,
+                         yaml.safe_dump({key: vars(value) for key, value in imported.items()}, sort_keys=True).encode())
+        (self.directory / record.file).unlink(missing_ok=True)
         return record
 
     def pull(self, weight_id: str, progress: DownloadProgressFn | None = None, timeout: float = 30.0) -> Path:

@@ -175,3 +175,23 @@ def test_manifest_is_validated():
 
 def test_bundled_manifest_parses():
     WeightStore(directory=None)
+
+
+def test_an_import_the_plugin_refuses_is_not_recorded_and_an_import_can_be_undone(tmp_path):
+    own = tmp_path / "mine.safetensors"
+    save_file({"w": torch.arange(6.0)}, str(own))
+    store = WeightStore(tmp_path / "store", manifest("http://127.0.0.1:9/none"))
+
+    def wants_a_bias(state):
+        if "bias" not in state:
+            raise WeightsError(f"not this network's weights (found {sorted(state)})")
+
+    with pytest.raises(WeightsError, match=r"found \['w'\]"):
+        store.import_file(own, "demo", check=wants_a_bias)
+    assert store.imported() == {} and not (store.directory / "imported").exists()
+    record = store.import_file(own, "demo")
+    assert store.status("demo").state == "imported"
+    assert store.remove_import("demo") == record
+    assert store.status("demo").state == "missing" and not (store.directory / record.file).exists()
+    with pytest.raises(WeightsError, match="no imported file for 'demo'"):
+        store.remove_import("demo")
