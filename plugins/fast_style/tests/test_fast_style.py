@@ -126,3 +126,22 @@ def test_bfloat16_stays_faithful(store, small_photo, seed_style):
         model.networks.transformer.set_precision(dtype, torch.channels_last)
         results.append(run(FastStyleModel(model.networks, dtype), small_photo, (seed_style,)))
     assert psnr(results[1], results[0]) > 40
+
+
+def test_through_the_engine_with_style_files(tmp_path, store, small_photo, seed_style, chelsea):
+    from artchain.core.engine import Engine
+    from artchain.core.plugins import discover
+    from artchain.runtime import load_settings
+
+    found = discover()
+    # Until the installed entry points list the plugin, it is added the way tests add plugins.
+    registry = found if found.get("fast-style") else discover([fast_style])
+    engine = Engine(load_settings(environ={}), registry, store)
+    seed_style.rgb.save(tmp_path / "glass.png")
+    chelsea.save(tmp_path / "cat.jpg")
+    styled = engine.run(f"quick-style:style={tmp_path / 'glass.png'}+{tmp_path / 'cat.jpg'}:size=128",
+                        small_photo, device="cpu")
+    assert styled.size == small_photo.size
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ImageError, match="notes.png"):
+        engine.run(f"fast-style:style={tmp_path / 'glass.png'}+{tmp_path / 'notes.png'}", small_photo, device="cpu")
