@@ -1,4 +1,4 @@
-"""`artchain train cyclegan` and `artchain train pix2pix`: parse options, call training, report."""
+"""`artchain train cyclegan|paired|pix2pix|pairs`: parse options, call training or pair making, report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,11 @@ _COMMON = {
     "seed": typer.Option(0, help="Seed for initialisation, crops and the image pool."),
     "export": typer.Option(None, help="Where to write the fp16 safetensors (default: OUT/ID.safetensors)."),
     "note": typer.Option("", help="What the data is; goes into the manifest entry's provenance."),
+    "bf16": typer.Option(False, help="Autocast the training steps to bfloat16 (fast on AVX512-BF16/AMX CPUs)."),
+    "keep_scale": typer.Option(False, help="Crop the pairs at their own resolution (pairs from `train pairs` are "
+                                           "made at the working resolution) instead of scaling them to the crop."),
+    "init": typer.Option(None, help="Start from this generator export or run checkpoint.pt (same network "
+                                    "and width) instead of random weights, e.g. another style's."),
 }
 
 
@@ -44,14 +49,15 @@ def cyclegan(
     iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
     lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
     checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
-    export: Path = _COMMON["export"], note: str = _COMMON["note"],
+    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
+    init: Path = _COMMON["init"],
 ) -> None:
     """CycleGAN: photos -> paintings, unpaired (resumes from OUT/checkpoint.pt when present)."""
     from .training import CycleGanTrainer, TrainOptions
 
     weight_id = f"cyclegan-{style}"
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
-                           lr, sample_every, checkpoint_every, seed, export, note)
+                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
     _run(lambda generator: CycleGanTrainer(photos, paintings, options, generator, cycle_weight, identity_weight),
          options)
 
@@ -69,13 +75,64 @@ def pix2pix(
     iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
     lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
     checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
-    export: Path = _COMMON["export"], note: str = _COMMON["note"],
+    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
+    init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
 ) -> None:
     """pix2pix: paired source -> target (resumes from OUT/checkpoint.pt when present)."""
-    from .training import Pix2PixTrainer, TrainOptions
+    from .training import PairedTrainer, TrainOptions
 
     weight_id = f"pix2pix-{name}"
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
-                           lr, sample_every, checkpoint_every, seed, export, note)
-    _run(lambda generator: Pix2PixTrainer(source, target, options, generator, l1_weight, grayscale),
+                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
+    _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale,
+                                         keep_scale=keep_scale),
          options)
+
+
+@train_app.command()
+def paired(
+    source: Path = typer.Option(..., help="Folder of photos (e.g. PAIRS/cubism/source from `train pairs`)."),
+    target: Path = typer.Option(..., help="Folder of their styled versions; pairs are matched by file name."),
+    style: str = typer.Option(..., help="Style name; the weights are exported as cyclegan-STYLE."),
+    out: Path = typer.Option(None, help="Run folder: checkpoint, samples, export (default runs/cyclegan-STYLE)."),
+    width: int = typer.Option(32, min=1, help="Generator/critic width (init_nc); the seed's is 32."),
+    crop: int = typer.Option(128, min=16, help="Training crop side, a multiple of 16."),
+    l1_weight: float = typer.Option(100.0, min=0.0, help="Weight of the L1 loss to the target."),
+    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
+    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
+    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
+    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
+    init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
+) -> None:
+    """The seed's CycleGAN generator trained on pairs with pix2pix's objective (resumes when it can)."""
+    from .networks import CycleUNet
+    from .training import PairedTrainer, TrainOptions
+
+    weight_id = f"cyclegan-{style}"
+    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
+                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
+    _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale_source=False,
+                                         network=CycleUNet, keep_scale=keep_scale), options)
+
+
+@train_app.command()
+def pairs(
+    school: str = typer.Option(..., help="cubism, renaissance, expressionism or neon (a folder of DATA/paintings)."),
+    data: Path = typer.Option(None, help="Dataset from scripts/training_data.py (default: the user cache)."),
+    out: Path = typer.Option(None, help="Where the pairs go (default: the user cache's pairs/)."),
+    per_photo: int = typer.Option(2, min=1, help="Samples per photo, each with its own style mixture."),
+    size: int = typer.Option(384, min=64, max=2048, help="Short side of the pairs in pixels."),
+) -> None:
+    """Renders (photo, painted photo) pairs with the fast-style teacher (keeps pairs already made)."""
+    from artchain.core.errors import ArtchainError
+
+    from .pairs import default_pairs_dir, make_pairs
+    from .training_data import default_dataset_dir
+
+    try:
+        record = make_pairs(data or default_dataset_dir(), out or default_pairs_dir(), school, per_photo, size,
+                            progress=lambda done, total: typer.echo(f"\r{done}/{total} photos", nl=False))
+    except ArtchainError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"\n{record['written']} new pairs; {record['pairs']} in {(out or default_pairs_dir()) / school}")

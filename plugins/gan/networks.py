@@ -154,6 +154,23 @@ def init_gan_weights(network: nn.Module) -> nn.Module:
     return network
 
 
+def init_upsampling_without_lattice(network: nn.Module) -> nn.Module:
+    """Gives every stride-2 transposed convolution the same filter at each of its output phases, times
+    a bilinear (4-tap) or nearest (2-tap) kernel, so it starts as a smooth upsampling. From random taps
+    the four output phases of each 2x2 block differ and the network prints a 2-pixel lattice until
+    training evens them out, which a short run never quite does."""
+    for module in network.modules():
+        if isinstance(module, nn.ConvTranspose2d) and module.stride == (2, 2):
+            taps = {2: [1.0, 1.0], 4: [0.25, 0.75, 0.75, 0.25]}.get(module.kernel_size[0])
+            if taps is None or module.kernel_size[0] != module.kernel_size[1]:
+                continue
+            kernel_1d = torch.tensor(taps)
+            with torch.no_grad():
+                mixing = module.weight[:, :, :1, :1].clone()
+                module.weight.copy_(mixing * torch.outer(kernel_1d, kernel_1d))
+    return network
+
+
 def _width_of(state: dict, key: str) -> int:
     if key not in state:
         raise WeightsError(f"not a GAN generator checkpoint: no {key!r} tensor")

@@ -1,9 +1,12 @@
 """GAN style processors: three CycleGAN painting styles and the pix2pix neon look.
 
-Pictures keep their aspect ratio: each image is resized to a working resolution (short side `size`),
-reflect-padded to the network's multiple and cropped back, so the output has the working resolution
-and the input's aspect; a chain's `resize-back` step returns it to the original size. Images are run
-one at a time and the working resolution is capped, which bounds memory on big inputs.
+A style step returns the size it received: each image is resized to a working resolution (short side
+`size`, the scale the weights were trained at, which sets the size of the brush strokes), reflect-padded
+to the network's multiple, run, cropped back and resized to the input's own size, so a small picture
+is not blown up and a large one not shrunk. `output=working` returns the working resolution instead,
+for a chain that upscales next (`pix2pix-neon:output=working,esrgan,resize-back`: the upscaler then
+works on the small image). Images are run one at a time and the working resolution is capped, which
+bounds memory on big inputs.
 
 pix2pix-neon and BatchNorm: the seed ran its generator in training mode, as the pix2pix paper does
 (BatchNorm normalises with the image's own statistics, dropout stays on as the noise source). Its
@@ -33,8 +36,12 @@ MAX_WORKING_PIXELS = 2048 * 2048  # caps memory on extreme aspect ratios or huge
 
 
 def _size_param(default: int) -> Param:
-    return Param("size", int, default, help="short side of the working resolution in pixels",
-                 min=32, max=2048)
+    return Param("size", int, default, help="short side of the working resolution in pixels (the output "
+                 "keeps the input's size; a larger working size means finer brush strokes)", min=32, max=2048)
+
+
+OUTPUT_PARAM = Param("output", str, "input", choices=("input", "working"),
+                     help="input: the result has the input's size; working: the working resolution's")
 
 
 def working_size(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -99,44 +106,48 @@ class GanStyle(Processor):
             padded, size = pad_to_multiple(image, model.size_multiple)
             with torch.inference_mode():
                 styled = self.run_network(model, padded * 2 - 1, params, ctx)
-            outputs.append(crop_to((styled + 1) / 2, size).clamp(0, 1))
+            styled = crop_to((styled + 1) / 2, size)
+            if params["output"] == "input":
+                styled = resize(styled, height, width)
+            outputs.append(styled.clamp(0, 1))
             ctx.progress((index + 1) / batch.shape[0])
         return torch.cat(outputs)
 
 
 class _CycleGanStyle(GanStyle):
-    params = (_size_param(512),)
+    params = (_size_param(320), OUTPUT_PARAM)
 
 
 class CycleGanCubism(_CycleGanStyle):
     name = "cyclegan-cubism"
     aliases = ("cubism",)
-    description = "CycleGAN photo -> cubist painting (faceted planes, dark contours)"
+    description = "cubist-inspired painting (Kandinsky and faceted planes; the seed's CycleGAN network)"
     weights = ("cyclegan-cubism",)
 
 
 class CycleGanRenaissance(_CycleGanStyle):
     name = "cyclegan-renaissance"
     aliases = ("renaissance",)
-    description = "CycleGAN photo -> renaissance painting (warm varnish, soft sfumato, craquelure)"
+    description = "renaissance painting (Leonardo, Bellini, Dürer, Bruegel, Arcimboldo; the seed's CycleGAN network)"
     weights = ("cyclegan-renaissance",)
 
 
 class CycleGanExpressionism(_CycleGanStyle):
     name = "cyclegan-expressionism"
     aliases = ("expressionism",)
-    description = "CycleGAN photo -> expressionist painting (bold saturated colour, heavy strokes)"
+    description = "expressionist painting (Van Gogh's palette and strokes; the seed's CycleGAN network)"
     weights = ("cyclegan-expressionism",)
 
 
 class Pix2PixNeon(GanStyle):
     name = "pix2pix-neon"
     aliases = ("neon",)
-    description = "pix2pix neon glow: a grayscale rendering of the photo lit by glowing coloured edges"
+    description = "pix2pix neon glow: the photo in grayscale, lit in glowing neon colours"
     weights = ("pix2pix-neon",)
     network_name = "Pix2PixUNet"
     params = (
         _size_param(256),
+        OUTPUT_PARAM,
         Param("mode", str, "paper", choices=("paper", "eval"),
               help="paper: BatchNorm on the image's own statistics and seeded dropout, as the seed "
                    "and the pix2pix paper ran it; eval: stored running statistics, no dropout"),
