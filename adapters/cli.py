@@ -4,8 +4,9 @@ Exit codes: 0 every input done; 1 some inputs failed; 2 usage or configuration e
 """
 from __future__ import annotations
 
+import json
 import logging
-import re
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,7 +19,7 @@ from rich.table import Table
 from artchain.core.errors import ArtchainError, ImageError
 from artchain.runtime import MissingExtra, Runtime, require_extra
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plugin-based image-processing chains.")
 weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify weight files.")
 app.add_typer(weights_app, name="weights")
@@ -61,64 +62,92 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _set_verbose(verbose)
     State.config_path = config
 
 
-def chain_slug(chain: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", chain).strip("-")[:60] or "out"
-
-
-def output_path(source: Path, chain: str, out_dir: Path | None) -> Path:
-    from artchain.core.imageio import FORMATS
-
-    suffix = source.suffix.lower() if source.suffix.lower() in FORMATS else ".png"
-    return (out_dir or source.parent) / f"{source.stem}.{chain_slug(chain)}{suffix}"
+def _set_verbose(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
 
 
 @app.command()
 def run(
     chain: Annotated[str, typer.Argument(help='steps such as "neon,upscale" or "resize:width=512,upscale:tile=256"')],
-    inputs: Annotated[list[Path], typer.Argument(help="input images", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="output file (one input only)")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="directory for the outputs")] = None,
+    inputs: Annotated[list[Path], typer.Argument(help="input images or folders of images", show_default=False)],
+    output_text: Annotated[Optional[str], typer.Option("--output", "-o", help="output file (one input), or a folder (existing, or ending in /)")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="folder for the outputs (created if needed)")] = None,
+    suffix: Annotated[Optional[str], typer.Option("--suffix", help="name outputs NAME_SUFFIX.EXT instead of NAME.CHAIN.EXT")] = None,
+    ext: Annotated[Optional[str], typer.Option("--ext", help="output format: png, jpg or webp (default: the input's, else png)")] = None,
+    scale: Annotated[Optional[float], typer.Option("--scale", "-s", min=0.01, max=64, help="finally resize to this multiple of the input's size")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="take images from subfolders of folder inputs too")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace outputs that exist")] = False,
+    skip_existing: Annotated[bool, typer.Option("--skip-existing", help="leave inputs whose output exists")] = False,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (default: from config)")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="also write input and output side by side")] = False,
     remote: Annotated[bool, typer.Option("--remote", help="run on queue workers (config `queue`) instead of here")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log devices, precision, tiles, timings")] = False,
 ) -> None:
-    """Run CHAIN on each input; outputs go beside the inputs unless -o/--out-dir say otherwise."""
-    if output and len(inputs) > 1:
-        raise fail("-o/--output takes one input; use --out-dir for several")
+    """Run CHAIN on each input; outputs go beside the inputs unless -o/--out-dir say otherwise.
+    An existing output is never replaced unless --overwrite says so, and an input never is."""
+    from artchain.adapters import batch
+
+    if verbose:
+        _set_verbose(True)
+    if overwrite and skip_existing:
+        raise fail("give --overwrite or --skip-existing, not both")
+    # A Path would drop the trailing "/" that marks a folder yet to be made.
+    output = Path(output_text) if output_text else None
+    if output is not None and (output.is_dir() or output_text.endswith(("/", os.sep))):
+        output, out_dir = None, out_dir or output
     if output and out_dir:
         raise fail("give -o/--output or --out-dir, not both")
     if out_dir and out_dir.exists() and not out_dir.is_dir():
         raise fail(f"{out_dir}: exists and is not a directory")
+    sources = batch.expand_inputs(inputs, recursive)
+    if output and len(sources) != 1:
+        raise fail(f"-o/--output names one file but there are {len(sources)} inputs; give a folder (-o DIR/)")
+    if output and output.suffix.lower() not in batch.WRITABLE:
+        raise fail(f"{output}: unknown output format {output.suffix or '(no extension)'}; use .png, .jpg or .webp")
+    chain_text = chain if scale is None else f"{chain},resize-back:scale={scale:g}"
+    many = len(inputs) > 1 or any(path.is_dir() for path in inputs)  # a folder or a glob
+    try:
+        naming = batch.Naming(chain, out_dir, output, suffix, ext)
+        runs, skips, left_out = batch.plan(sources, naming, overwrite, skip_existing, from_folder_or_glob=many)
+    except batch.BatchError as exc:
+        raise fail(str(exc)) from None
     runtime = State.runtime()
     try:
         runner = RemoteRunner(runtime, device) if remote else LocalRunner(runtime, device)
-        chain_checked, files = runner.check(chain)
+        chain_checked, files = runner.check(chain_text)
     except (ArtchainError, MissingExtra) as exc:
         raise fail(str(exc)) from None
-    if out_dir:  # created only once the chain is known to be good
+    for folder in {planned.destination.parent for planned in runs}:  # only once the chain is good
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise fail(f"{out_dir}: cannot create the output directory ({exc.strerror})") from None
-    out.print(f"chain: {chain_checked.describe()}  [dim]on {runner.where}[/dim]")
+            raise fail(f"{folder}: cannot create the output folder ({exc.strerror})") from None
+    out.print(f"chain: {escape(chain_checked.describe())}  [dim]on {runner.where}[/dim]")
+    for source in left_out:
+        out.print(f"{escape(str(source))}: left out (an output of this chain)", soft_wrap=True)
+    for planned in skips:
+        out.print(f"{escape(str(planned.source))}: skipped, {escape(str(planned.destination))} exists", soft_wrap=True)
     failures = 0
-    for source in inputs:
-        destination = output or output_path(source, chain, out_dir)
+    for planned in runs:
         try:
-            _run_one(runtime, runner, chain_checked, files, source, destination, compare)
+            _run_one(runtime, runner, chain_checked, files, planned.source, planned.destination, compare)
         except ArtchainError as exc:
             failures += 1
             err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
         except Exception as exc:  # noqa: BLE001 - e.g. out of memory, broker gone: the next input still runs
             failures += 1
             reason = str(exc).splitlines()[0] if str(exc) else ""
-            err.print(f"[red]failed:[/red] {escape(f'{source}: {type(exc).__name__}: {reason}')}", soft_wrap=True)
+            err.print(f"[red]failed:[/red] {escape(f'{planned.source}: {type(exc).__name__}: {reason}')}",
+                      soft_wrap=True)
+    if many or skips:
+        out.print(f"done {len(runs) - failures}, skipped {len(skips) + len(left_out)}, failed {failures}")
     if failures:
-        err.print(f"{failures} of {len(inputs)} inputs failed")
+        err.print(f"{failures} of {len(runs)} inputs failed")
         raise typer.Exit(SOME_FAILED)
 
 
@@ -187,8 +216,6 @@ def _run_one(runtime: Runtime, runner, chain, files, source: Path, destination: 
     from artchain.core.job import Job, read_file
 
     output_format = imageio.output_format(destination)
-    if not destination.parent.is_dir():
-        raise ImageError(f"{destination}: output directory {destination.parent} does not exist")
     limits = runtime.config.limits
     job = Job(runtime.parser.steps_of(chain.text), read_file(source, limits.max_bytes), files,
               output_format, runner.device)
@@ -208,36 +235,56 @@ def _run_one(runtime: Runtime, runner, chain, files, source: Path, destination: 
         out.print(f"  comparison -> {side_by_side}")
 
 
+def _show_tables(tables: dict[str, tuple[tuple[str, ...], list[tuple[str, ...]]]], as_json: bool) -> None:
+    """Tables in a terminal (folded, never cut); tab-separated lines in a pipe; one JSON object on
+    request. `tables` maps a title to (columns, rows)."""
+    if as_json:
+        print(json.dumps({title: [dict(zip(columns, row)) for row in rows]
+                          for title, (columns, rows) in tables.items()}, indent=2, ensure_ascii=False))
+        return
+    for title, (columns, rows) in tables.items():
+        _show_table(title, columns, rows)
+
+
+def _show_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    if out.is_terminal:
+        table = Table(title=title, title_justify="left")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        out.print(table)
+    else:
+        for row in rows:
+            print("\t".join(row))
+
+
+JSON_OPTION = typer.Option("--json", help="print JSON (for scripts)")
+
+
 @app.command("list")
-def list_processors() -> None:
+def list_processors(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Show processors, aliases, presets and the state of their weights."""
     runtime = State.runtime()
     try:
         registry, config, store = runtime.registry, runtime.config, runtime.store
     except ArtchainError as exc:
         raise fail(str(exc)) from None
-    table = Table(title="processors", title_justify="left")
-    for column in ("name", "aliases", "parameters", "weights", "description"):
-        table.add_column(column)
     aliases_of: dict[str, list[str]] = {}
     for alias, target in {**registry.aliases, **config.aliases}.items():
         aliases_of.setdefault(target, []).append(alias)
+    rows = []
     for name, processor in sorted(registry.processors.items()):
         params = " ".join(f"{p.name}={'?' if p.required else p.default}" for p in processor.params)
         weights = " ".join(f"{w}:{_weight_state(store, w)}" for w in processor.weights) or "-"
-        table.add_row(name, ", ".join(sorted(aliases_of.get(name, []))), params, weights, processor.description)
-    out.print(table)
-    presets = Table(title="presets", title_justify="left")
-    presets.add_column("name")
-    presets.add_column("chain")
-    for name, chain in config.presets.items():
-        presets.add_row(name, chain)
-    out.print(presets)
+        rows.append((name, ", ".join(sorted(aliases_of.get(name, []))), params, weights, processor.description))
+    _show_tables({"processors": (("name", "aliases", "parameters", "weights", "description"), rows),
+                  "presets": (("name", "chain"), list(config.presets.items()))}, as_json)
     missing = sorted(alias for alias, target in config.aliases.items() if not registry.get(target))
     if missing:
-        out.print(f"[yellow]aliases without an installed processor:[/yellow] {', '.join(missing)}")
+        err.print(f"[yellow]aliases without an installed processor:[/yellow] {', '.join(missing)}")
     for plugin, reason in sorted(registry.broken.items()):
-        out.print(f"[red]plugin {escape(plugin)} failed to load:[/red] {escape(reason)}", soft_wrap=True)
+        err.print(f"[red]plugin {escape(plugin)} failed to load:[/red] {escape(reason)}", soft_wrap=True)
 
 
 def _weight_state(store, weight_id: str) -> str:
@@ -290,20 +337,20 @@ def _store():
 
 
 @weights_app.command("list")
-def weights_list() -> None:
-    """A table of every known weight: present, missing or checksum mismatch, with provenance."""
+def weights_list(as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Every known weight: present, missing or checksum mismatch, with licence and provenance."""
     store = _store()
-    table = Table(title=f"weights in {store.directory}", title_justify="left")
-    for column in ("id", "plugin", "state", "file", "licence", "provenance"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for weight_id in sorted({*store.entries, *store.imported()}):
         status = store.status(weight_id)
         entry = status.entry
-        colour = {"missing": "yellow", "mismatch": "red"}.get(status.state, "green")
         provenance = f"imported from {status.imported.source}" if status.imported else (entry.provenance if entry else "")
-        table.add_row(weight_id, entry.plugin if entry else "-", f"[{colour}]{status.state}[/{colour}]",
-                      str(status.path or (entry.file if entry else "")), entry.licence if entry else "-", provenance)
-    out.print(table)
+        rows.append((weight_id, entry.plugin if entry else "-", status.state,
+                     str(status.path or (entry.file if entry else "")), entry.licence if entry else "-",
+                     " ".join(provenance.split())))
+    if not as_json:
+        err.print(f"weights in {store.directory}", soft_wrap=True)
+    _show_tables({"weights": (("id", "plugin", "state", "file", "licence", "provenance"), rows)}, as_json)
 
 
 @weights_app.command("pull")
@@ -318,6 +365,9 @@ def weights_pull(
         weight_ids += [entry.id for entry in store.entries.values() if entry.derive and entry.id not in weight_ids]
     if not weight_ids and not derivable:
         raise fail("name the weight ids to pull, or pass --derivable")
+    unknown = [weight_id for weight_id in weight_ids if weight_id not in store.entries]
+    if unknown:
+        raise fail(f"unknown weight id {unknown[0]!r} (known: {', '.join(sorted(store.entries))})")
     failed = 0
     for weight_id in weight_ids:
         with Progress(TextColumn(f"  {weight_id}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -413,7 +463,13 @@ def watch(
         raise fail(str(exc)) from None
     from artchain.adapters.watch.folder import Folders, Watcher
 
-    watcher = Watcher(Folders(directory), executor, runtime.parser.steps_of, chain, workers,
+    folders = Folders(directory)
+    try:
+        folders.create()
+    except OSError as exc:
+        executor.shutdown()
+        raise fail(f"{directory}: cannot make the watched folders ({exc.strerror or exc})") from None
+    watcher = Watcher(folders, executor, runtime.parser.steps_of, chain, workers,
                       config.watch.settle_seconds, max_bytes=config.limits.max_bytes,
                       say=lambda line: out.print(line, soft_wrap=True, markup=False))
 

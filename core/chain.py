@@ -116,10 +116,13 @@ class ChainParser:
         return sorted({*self.registry.processors, *self.registry.aliases, *self.aliases, *self.presets})
 
     def steps_of(self, text: str) -> tuple[StepSpec, ...]:
-        """Chain text -> steps as written; a text that is a preset's name as a whole is that preset."""
-        if isinstance(text, str) and self._normalise(text) in self.presets:
-            return (StepSpec(self._normalise(text)),)
-        return parse_steps(text)
+        """Chain text -> steps as written. A text that is a preset's name as a whole is that preset,
+        also with parameters after it (``neon,upscale:max_side=64``)."""
+        specs = parse_steps(text)
+        whole = ",".join(spec.name for spec in specs)
+        if whole in self.presets and all(not spec.params for spec in specs[:-1]):
+            return (StepSpec(whole, specs[-1].params),)
+        return specs
 
     def parse(self, text: str) -> Chain:
         return self.resolve(self.steps_of(text), text)

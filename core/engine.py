@@ -120,6 +120,8 @@ class ModelCache:
 def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested != "cpu" and not (requested == "cuda" or requested.startswith("cuda:") and requested[5:].isdigit()):
+        raise ChainError(f"device {requested!r}: use auto, cpu, cuda or cuda:N")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ChainError(f"device {requested} requested but no CUDA device is available")

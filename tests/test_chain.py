@@ -96,6 +96,8 @@ def test_text_and_structured_steps_resolve_alike(parser):
     assert from_text.steps == from_steps.steps
     assert [step.origin for step in from_steps.steps] == [0, 1, 1]
     assert parser.steps_of("soft, crisp") == (StepSpec("soft,crisp"),)  # a preset's name as a whole
+    assert parser.steps_of("soft,crisp:radius=3") == (StepSpec("soft,crisp", {"radius": "3"}),)
+    assert [step.params["radius"] for step in parser.parse("soft,crisp:radius=3").steps] == [3, 3]
 
 
 def test_a_preset_takes_the_required_parameters_of_its_steps(tmp_path):

@@ -34,7 +34,6 @@ def bad_inputs(tmp_path, photo):
     Image.open(photo).save(jpeg, quality=90)
     (folder / "truncated.jpg").write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
     bomb_png(folder / "bomb.png")
-    (folder / "adir.png").mkdir()
     return folder
 
 
@@ -48,11 +47,11 @@ def assert_clean_failure(result, *names):
 def test_good_and_bad_inputs_in_one_call(bad_inputs, photo, isolated_env):
     good = bad_inputs / "good.png"
     Image.open(photo).save(good)
-    names = ["empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "adir.png", "good.png", "missing.png"]
+    names = ["empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "good.png", "missing.png"]
     result = run_cli("run", "resize:scale=0.5", *[bad_inputs / n for n in names], env=isolated_env)
     assert result.returncode == 1, result.stderr
     assert_clean_failure(result, *[n for n in names if n != "good.png"])
-    assert "6 of 7 inputs failed" in result.stderr
+    assert "5 of 6 inputs failed" in result.stderr and "done 1, skipped 0, failed 5" in result.stdout
     outputs = sorted(p.name for p in bad_inputs.glob("*.resize-scale-0-5.*"))
     assert outputs == ["good.resize-scale-0-5.png"]
     assert Image.open(bad_inputs / outputs[0]).size == (Image.open(good).width // 2, Image.open(good).height // 2)
@@ -84,7 +83,6 @@ def test_chain_errors_stop_before_any_work(tmp_path, photo, isolated_env, chain,
 
 
 @pytest.mark.parametrize("target, message", [
-    ("missing/out.png", "does not exist"),
     ("/proc/artchain-out.png", "cannot write"),
 ])
 def test_unusable_output_paths(tmp_path, photo, isolated_env, target, message):
@@ -122,8 +120,10 @@ def test_version_list_and_usage_errors(isolated_env, photo):
     assert run_cli("--version", env=isolated_env).stdout.startswith("artchain ")
     listing = run_cli("list", env=isolated_env)
     assert listing.returncode == 0 and "resize-back" in listing.stdout and "neon,upscale" in listing.stdout
-    both = run_cli("run", "resize:width=8", photo, photo, "-o", "x.png", env=isolated_env)
-    assert both.returncode == 2 and "one input" in both.stderr
+    other = photo.with_name("other.png")
+    Image.open(photo).save(other)
+    both = run_cli("run", "resize:width=8", photo, other, "-o", "x.png", env=isolated_env)
+    assert both.returncode == 2 and "-o/--output names one file but there are 2 inputs" in both.stderr
 
 
 def test_bad_config_is_a_usage_error(tmp_path, photo, isolated_env):
@@ -165,3 +165,78 @@ def test_a_missing_extra_is_one_line_naming_the_install(tmp_path, isolated_env, 
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: this needs the optional dependencies of artchain[{extra}]: "
                                       f"pip install 'artchain[{extra}]'")
+
+
+def names_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_outputs_never_collide_and_nothing_is_overwritten_silently(tmp_path, photo, isolated_env):
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        Image.open(photo).save(tmp_path / folder / "x.png")
+    for suffix in (".tif", ".bmp", ".png"):
+        Image.open(photo).save(tmp_path / f"tiny{suffix}")
+    out = tmp_path / "out"
+    first = run_cli("run", "resize:scale=0.5", tmp_path / "d1/x.png", tmp_path / "d2/x.png", tmp_path / "tiny.tif",
+                    tmp_path / "tiny.bmp", tmp_path / "tiny.png", "--out-dir", out, env=isolated_env)
+    assert first.returncode == 0, first.stderr
+    assert names_in(out) == ["tiny.resize-scale-0-5-2.png", "tiny.resize-scale-0-5-3.png", "tiny.resize-scale-0-5.png",
+                             "x.resize-scale-0-5-2.png", "x.resize-scale-0-5.png"]
+    again = run_cli("run", "resize:scale=0.5", tmp_path / "d1/x.png", "--out-dir", out, env=isolated_env)
+    assert again.returncode == 2 and "exists; pass --overwrite to replace it or --skip-existing" in again.stderr
+    before = (out / "x.resize-scale-0-5.png").stat().st_mtime_ns
+    skipped = run_cli("run", "resize:scale=0.5", tmp_path / "d1/x.png", "--out-dir", out, "--skip-existing",
+                      env=isolated_env)
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout
+    assert (out / "x.resize-scale-0-5.png").stat().st_mtime_ns == before
+    replaced = run_cli("run", "resize:scale=0.25", tmp_path / "d1/x.png", "-o", out / "x.resize-scale-0-5.png",
+                       "--overwrite", env=isolated_env)
+    assert replaced.returncode == 0 and Image.open(out / "x.resize-scale-0-5.png").width == Image.open(photo).width // 4
+
+
+def test_an_input_is_never_overwritten(tmp_path, photo, isolated_env):
+    victim = tmp_path / "victim.png"
+    Image.open(photo).save(victim)
+    original = victim.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        result = run_cli("run", "resize:scale=0.5", victim, "-o", victim, *extra, env=isolated_env)
+        assert result.returncode == 2 and "would replace an input" in result.stderr
+    same_folder = run_cli("run", "resize:scale=0.5", victim, "--suffix", "x", "--out-dir", tmp_path, env=isolated_env)
+    assert same_folder.returncode == 0
+    assert victim.read_bytes() == original
+
+
+def test_folders_suffix_ext_scale_and_own_outputs(tmp_path, photo, isolated_env):
+    album = tmp_path / "album"
+    (album / "nested").mkdir(parents=True)
+    (album / ".hidden").mkdir()
+    for path in (album / "a.png", album / "nested" / "b.jpg", album / ".hidden" / "c.png", album / ".d.png"):
+        Image.open(photo).convert("RGB").save(path)
+    (album / "notes.txt").write_text("not an image")
+    first = run_cli("run", "resize:scale=0.5", album, env=isolated_env)
+    assert first.returncode == 0, first.stderr
+    assert "a.resize-scale-0-5.png" in names_in(album) and "done 1, skipped 0, failed 0" in first.stdout
+    # Its own output beside the input is not taken as an input the next time.
+    second = run_cli("run", "resize:scale=0.5", album, "-r", "--skip-existing", env=isolated_env)
+    assert second.returncode == 0, second.stderr
+    assert "left out (an output of this chain)" in second.stdout and "b.resize-scale-0-5.jpg" in names_in(album / "nested")
+    assert "done 1, skipped 2, failed 0" in second.stdout
+    assert not list((album / ".hidden").glob("*resize*"))
+    into = tmp_path / "into"
+    third = run_cli("run", "resize:scale=0.5", album / "a.png", "-o", f"{into}/", "--suffix", "half", "--ext", "webp",
+                    "-s", "2", env=isolated_env)
+    assert third.returncode == 0, third.stderr
+    result = Image.open(into / "a_half.webp")
+    assert result.format == "WEBP" and result.size == (Image.open(photo).width * 2, Image.open(photo).height * 2)
+    nested = run_cli("run", "resize:scale=0.5", photo, "-o", tmp_path / "made" / "for" / "me.png", env=isolated_env)
+    assert nested.returncode == 0 and (tmp_path / "made" / "for" / "me.png").exists()
+
+
+def test_long_chains_get_distinct_names():
+    from artchain.adapters.batch import chain_slug
+
+    first = chain_slug("nst:style=/home/me/paintings/a-very-long-folder-name/monet-water-lilies-1906.jpg")
+    second = chain_slug("nst:style=/home/me/paintings/a-very-long-folder-name/monet-water-lilies-1907.jpg")
+    assert first != second and len(first) <= 60 and len(second) <= 60
+    assert chain_slug("neon,upscale") == "neon-upscale"

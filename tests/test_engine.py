@@ -221,11 +221,12 @@ def test_a_named_file_the_job_does_not_carry_is_refused(engine):
 
 def test_a_chain_that_would_grow_past_the_pixel_limit_is_refused_before_work(engine, tmp_path, isolated_env):
     builds = Tint.builds
-    with pytest.raises(ImageError, match="resize:width=30000:height=30000: would make a 30000x30000 image"):
-        engine.run("tint:amount=0.3,resize:width=30000:height=30000", grey())
+    with pytest.raises(ImageError, match="resize:width=30000:height=30000:enlarge=True: would make a 30000x30000"):
+        engine.run("tint:amount=0.3,resize:width=30000:height=30000:enlarge=true", grey())
     assert Tint.builds == builds  # the first step's model was never loaded
     source = tmp_path / "in.png"
     grey().save(source)
-    result = run_cli("run", "resize:width=30000:height=30000", source, "-o", tmp_path / "big.png", env=isolated_env)
+    result = run_cli("run", "resize:width=30000:height=30000:enlarge=true", source, "-o", tmp_path / "big.png",
+                     env=isolated_env)
     assert result.returncode == 1 and "over the limit of 50000000 pixels" in result.stderr
     assert not (tmp_path / "big.png").exists()

@@ -21,6 +21,7 @@ class Resize(Processor):
         Param("width", int, 0, "target width in px; 0 = follow the aspect ratio", min=0, max=MAX_SIDE),
         Param("height", int, 0, "target height in px; 0 = follow the aspect ratio", min=0, max=MAX_SIDE),
         Param("scale", float, 0.0, "multiply both sides by this; 0 = use width/height", min=0, max=64),
+        Param("enlarge", bool, False, "let width/height make the image larger (scale always applies)"),
     )
 
     @classmethod
@@ -37,6 +38,8 @@ class Resize(Processor):
         else:
             new_width = params["width"] or round(width * params["height"] / height)
             new_height = params["height"] or round(height * params["width"] / width)
+            if not params["enlarge"] and new_width * new_height > width * height:
+                return width, height
         return max(1, new_width), max(1, new_height)
 
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
@@ -50,14 +53,17 @@ class Resize(Processor):
 class ResizeBack(Processor):
     name = "resize-back"
     description = "Return to the chain input's original size (antialiased when shrinking)."
+    params = (Param("scale", float, 1.0, "a multiple of the original size instead (the CLI's -s)",
+                    min=0.01, max=64),)
 
     def output_size(self, params, size, original_size) -> tuple[int, int]:
-        return original_size
+        width, height = original_size
+        return max(1, round(width * params["scale"])), max(1, round(height * params["scale"]))
 
     def process(self, batch: torch.Tensor, model, params, ctx: StepContext) -> torch.Tensor:
         from artchain.core.imageops import resize
 
-        width, height = ctx.original_size
+        width, height = self.output_size(params, (batch.shape[-1], batch.shape[-2]), ctx.original_size)
         return resize(batch, height, width)
 
 
