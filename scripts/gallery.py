@@ -20,7 +20,9 @@ START, END = "<!-- gallery: made by scripts/gallery.py -->", "<!-- gallery end -
 # Only photos whose licence allows redistribution: chelsea and coffee are CC0, astronaut and rocket
 # public domain.
 PHOTOS = ("chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg")
-DEFAULT_CHAINS = ("cubism", "renaissance", "expressionism", "neon", "neon,upscale")
+# The last column is the neon bot's flow (colour at the working resolution, x4, back to the photo's
+# size) spelled out, so the upscaler works on the small image whatever the `neon,upscale` preset says.
+DEFAULT_CHAINS = ("cubism", "renaissance", "expressionism", "neon", "neon:output=working,upscale")
 
 
 def load_photo(name: str) -> Image.Image:

@@ -1,5 +1,6 @@
-"""GAN styles: CycleGAN paintings (cubism, renaissance, expressionism) and pix2pix neon, with the
-`artchain train cyclegan|pix2pix` commands that make their weights. Heavy modules load on first use."""
+"""GAN styles: the seeds' CycleGAN UNet (cubism, renaissance, expressionism) and pix2pix neon, with the
+`artchain train pairs|paired|pix2pix|cyclegan` commands that make their weights. Heavy modules load on
+first use."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

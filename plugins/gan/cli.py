@@ -24,12 +24,16 @@ _COMMON = {
 }
 
 
-def _run(trainer_factory, options) -> None:
+def _run(trainer_factory, options, pairs_folder: Path | None = None) -> None:
+    """`pairs_folder`: where `artchain train pairs` wrote the data, whose record joins the provenance."""
     from artchain.core.errors import ArtchainError
 
+    from .pairs import pairs_note
     from .training import seeded_generator, train
 
     try:
+        if pairs_folder is not None:
+            options.data_note = " ".join(filter(None, (pairs_note(pairs_folder), options.data_note)))
         train(trainer_factory(seeded_generator(options.seed)), options)
     except ArtchainError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -86,7 +90,7 @@ def pix2pix(
                            lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
     _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale,
                                          keep_scale=keep_scale),
-         options)
+         options, source.parent)
 
 
 @train_app.command()
@@ -112,7 +116,7 @@ def paired(
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
                            lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
     _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale_source=False,
-                                         network=CycleUNet, keep_scale=keep_scale), options)
+                                         network=CycleUNet, keep_scale=keep_scale), options, source.parent)
 
 
 @train_app.command()

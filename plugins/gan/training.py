@@ -26,7 +26,7 @@ from artchain.core.errors import ArtchainError
 from artchain.core.imageops import fit_short_side, resize
 
 from .networks import (CycleUNet, PatchDiscriminator, Pix2PixUNet, init_gan_weights,
-                       init_upsampling_without_lattice)
+                       init_upsampling_without_lattice, tie_upsampling_phases)
 from .processors import to_grayscale_rgb
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
@@ -170,6 +170,7 @@ class GanTrainer:
     optimizers: dict[str, torch.optim.Optimizer]
     preview: tuple[torch.Tensor, torch.Tensor]  # fixed inputs for the sample grids
     loss_weights: dict[str, float]  # recorded in the export's provenance
+    method_note = ""  # anything else about the method the provenance should say
 
     def step(self) -> dict[str, float]:
         raise NotImplementedError
@@ -274,6 +275,10 @@ class PairedTrainer(GanTrainer):
                  network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False) -> None:
         _check_crop(options.crop, network.size_multiple)
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
+        # The seed's UNet upsamples with 2x2 transposed convolutions: tied, they cannot print a lattice.
+        self.tied_upsampling = network is CycleUNet
+        if self.tied_upsampling:
+            self.method_note = ", transposed-convolution phases tied (nearest upsampling + 1x1)"
         self.options = options
         source_files, target_files = image_files(source), image_files(target)
         target_by_stem = {path.stem: path for path in target_files}
@@ -298,6 +303,8 @@ class PairedTrainer(GanTrainer):
 
     def step(self) -> dict[str, float]:
         generator, critic = self.networks["generator"], self.networks["critic"]
+        if self.tied_upsampling:  # idempotent; covers weights that came from a checkpoint or --init
+            tie_upsampling_phases(generator)
         source, target = self._pairs(self.options.batch_size)
         fake = generator(source)
 
@@ -313,6 +320,8 @@ class PairedTrainer(GanTrainer):
         self.optimizers["generator"].zero_grad()
         (adversarial + self.loss_weights["L1"] * l1).backward()
         self.optimizers["generator"].step()
+        if self.tied_upsampling:
+            tie_upsampling_phases(generator)
         critic.requires_grad_(True)
         return {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
 
@@ -413,7 +422,7 @@ def train(trainer: GanTrainer, options: TrainOptions, console=None) -> TrainResu
     provenance = (f"trained by `artchain train {trainer.kind}`: {options.iterations} iterations, "
                   f"batch {options.batch_size}, {options.crop}px crops, width {options.width}, lr {options.lr:g}, "
                   f"loss weights {', '.join(f'{k} {v:g}' for k, v in trainer.loss_weights.items())}"
-                  f"{', bfloat16 autocast' if options.bf16 else ''}{start_note}, {seconds / 60:.1f} min on "
+                  f"{trainer.method_note}{', bfloat16 autocast' if options.bf16 else ''}{start_note}, {seconds / 60:.1f} min on "
                   f"{hardware_note()}. {options.data_note}").strip()
     entry = manifest_entry(options.weight_id, export, provenance)
     entry_text = yaml.safe_dump([entry], sort_keys=False, allow_unicode=True, width=100)

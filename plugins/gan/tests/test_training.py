@@ -190,3 +190,24 @@ def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_d
     photo = torch.rand(1, 3, 40, 60)
     out = processor.process(photo, model, params, StepContext(CPU, (60, 40)))
     assert out.shape == photo.shape and torch.isfinite(out).all()
+
+
+def test_tied_upsampling_phases_print_no_lattice():
+    from skimage import data
+
+    from artchain.plugins.gan import quality
+    from artchain.plugins.gan.networks import CycleUNet, init_gan_weights, tie_upsampling_phases
+
+    photo = torch.from_numpy(data.chelsea()[:256, :384].copy()).permute(2, 0, 1)[None].float() / 255
+    untied, tied = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        network = init_gan_weights(CycleUNet(8)).eval()
+        with torch.no_grad():
+            untied.append(quality.half_sampling_ratio((network(photo * 2 - 1) + 1) / 2))
+            tie_upsampling_phases(network)
+            tied.append(quality.half_sampling_ratio((network(photo * 2 - 1) + 1) / 2))
+        upsampling = network.upsample0.weight
+        assert torch.equal(upsampling, upsampling[..., :1, :1].expand_as(upsampling))
+    assert max(untied) > 2, "random phases print a lattice (the measure's premise)"
+    assert max(tied) < 1.3
