@@ -2,7 +2,9 @@
 
 It serves the methods the bot calls, keeps what the bot sent per chat, and lets a test act as users:
 send photos, files, stickers and text, and tap inline buttons. Like Telegram it refuses an edit that
-would not change a message's text, and records every edit's time so tests can check throttling.
+would not change a message's text, records every edit's time so tests can check throttling, and,
+when a test sets `flood`, enforces flood control: past a number of messages per second in all or
+in one chat it answers 429 with `retry_after`, as Telegram does.
 
 It runs on its own event loop in its own thread, as the real Telegram runs elsewhere: the bot's loop
 then carries only the bot's own work, which is what the lag measurements are about. Its public
@@ -15,8 +17,10 @@ import functools
 import io
 import itertools
 import json
+import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,6 +28,17 @@ from aiohttp import web
 from PIL import Image
 
 BOT_USER = {"id": 4242, "is_bot": True, "first_name": "artchain", "username": "artchain_test_bot"}
+# What Telegram's flood control counts: messages sent and edited (not answers to button taps, not files fetched).
+LIMITED_METHODS = {"sendMessage", "sendPhoto", "sendDocument", "editMessageText"}
+FLOOD_WINDOW_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FloodRules:
+    """Telegram's limits (about 30 messages a second in all, about one a second in one chat)."""
+
+    per_second: int = 30
+    per_chat_per_second: int = 1
 
 
 @dataclass
@@ -79,6 +94,13 @@ class FakeTelegram:
         self.commands: list[dict[str, str]] | None = None  # from setMyCommands
         self.menu_button: dict[str, Any] | None = None  # from setChatMenuButton
         self.webhook: dict[str, Any] | None = None  # from setWebhook
+        self.flood: FloodRules | None = None  # None: no flood control
+        self.refused: list[tuple[str, int]] = []  # (method, chat) answered 429 by flood control
+        self.downloaded: list[str] = []  # file ids the bot fetched
+        self.uploads_waiting = 0  # result uploads held by `hold_uploads`
+        self._uploads_open = asyncio.Event()
+        self._uploads_open.set()
+        self._recent: deque[tuple[float, int]] = deque()  # (when, chat) of limited calls in the window
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
@@ -118,6 +140,7 @@ class FakeTelegram:
     @_on_server_loop
     async def _shut_down(self) -> None:
         self._closing.set()
+        self._uploads_open.set()
         await self._notify()
         await self._runner.cleanup()
 
@@ -132,6 +155,13 @@ class FakeTelegram:
         handler = getattr(self, f"_api_{method}", None)
         if handler is None:
             return _error(404, f"Not Found: method {method} is not served by the fake server")
+        if self.flood and method in LIMITED_METHODS:
+            retry_after = self._flood_wait(int(params["chat_id"]))
+            if retry_after:
+                self.refused.append((method, int(params["chat_id"])))
+                return web.json_response({"ok": False, "error_code": 429,
+                                          "description": f"Too Many Requests: retry after {retry_after}",
+                                          "parameters": {"retry_after": retry_after}}, status=429)
         result = await handler(params, files)
         if isinstance(result, web.Response):
             return result
@@ -145,7 +175,23 @@ class FakeTelegram:
         if self.failing_downloads:
             self.failing_downloads -= 1
             return web.Response(status=502)
+        self.downloaded.append(request.match_info["path"])
         return web.Response(body=data)
+
+    def _flood_wait(self, chat_id: int) -> int:
+        """0 when a message to `chat_id` may go now, else whole seconds to wait (a sliding window)."""
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] <= now - FLOOD_WINDOW_SECONDS:
+            self._recent.popleft()
+        in_chat = [at for at, chat in self._recent if chat == chat_id]
+        if len(self._recent) >= self.flood.per_second:
+            oldest = self._recent[0][0]
+        elif len(in_chat) >= self.flood.per_chat_per_second:
+            oldest = in_chat[0]
+        else:
+            self._recent.append((now, chat_id))
+            return 0
+        return max(1, math.ceil(oldest + FLOOD_WINDOW_SECONDS - now))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -192,14 +238,23 @@ class FakeTelegram:
     async def _api_sendMessage(self, params, files):
         return self._record("sendMessage", params, {"text": params["text"]})
 
+    async def _upload(self, files, field_name: str) -> bytes:
+        data = files[field_name].file.read()
+        if not self._uploads_open.is_set():  # a slow upload: the bot's request is in flight meanwhile
+            self.uploads_waiting += 1
+            await self._notify()
+            await self._uploads_open.wait()
+            self.uploads_waiting -= 1
+        return data
+
     async def _api_sendPhoto(self, params, files):
-        data = files["photo"].file.read()
+        data = await self._upload(files, "photo")
         width, height = Image.open(io.BytesIO(data)).size
         photo = [{"file_id": self._store(data), "file_unique_id": "p", "width": width, "height": height}]
         return self._record("sendPhoto", params, {"photo": photo}, data)
 
     async def _api_sendDocument(self, params, files):
-        data = files["document"].file.read()
+        data = await self._upload(files, "document")
         document = {"file_id": self._store(data), "file_unique_id": "d", "file_name": files["document"].filename}
         return self._record("sendDocument", params, {"document": document}, data)
 
@@ -265,11 +320,27 @@ class FakeTelegram:
                     "mime_type": mime_type, "file_size": declared_size or len(data)}
         return await self.user_sends(user_id, document=document)
 
+    async def user_taps(self, user_id: int, keyboard: Sent, button: str) -> str:
+        return await self.user_presses(user_id, keyboard, keyboard.buttons[button])
+
     @_on_server_loop
-    async def user_taps(self, user_id: int, keyboard: Sent, button: str) -> None:
-        query = {"id": f"q{next(self._update_ids)}", "from": _user(user_id), "chat_instance": str(user_id),
-                 "message": keyboard.message, "data": keyboard.buttons[button]}
+    async def user_presses(self, user_id: int, keyboard: Sent, data: str) -> str:
+        """A tap on a button carrying `data` (any data: an old bot's buttons, a forged one) under
+        `keyboard`; returns the callback query's id."""
+        query_id = f"q{next(self._update_ids)}"
+        query = {"id": query_id, "from": _user(user_id), "chat_instance": str(user_id),
+                 "message": keyboard.message, "data": data}
         await self._deliver({"callback_query": query})
+        return query_id
+
+    @_on_server_loop
+    async def hold_uploads(self) -> None:
+        """Photos and files the bot sends wait (their requests in flight) until `release_uploads`."""
+        self._uploads_open.clear()
+
+    @_on_server_loop
+    async def release_uploads(self) -> None:
+        self._uploads_open.set()
 
     # -- waiting for the bot ------------------------------------------------------------------
     def chat(self, chat_id: int) -> list[Sent]:
@@ -277,6 +348,9 @@ class FakeTelegram:
 
     def current_text(self, chat_id: int, message_id: int) -> str:
         return self._texts[(chat_id, message_id)]
+
+    def callback_answer(self, query_id: str) -> dict[str, Any] | None:
+        return next((answer for answer in self.callback_answers if answer["callback_query_id"] == query_id), None)
 
     @_on_server_loop
     async def wait_for(self, condition: Callable[[], Any], timeout: float = 30.0) -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import os
 import signal
 import socket
 import statistics
@@ -21,7 +22,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from artchain.adapters.telegram.app import create_bot, create_dispatcher, run_polling, run_webhook
+from artchain.adapters.telegram.app import create_bot, create_dispatcher, offered_presets, run_polling, run_webhook
 from artchain.adapters.telegram.settings import TelegramSettings as Telegram
 from artchain.adapters.telegram.tracking import StatusMessage
 from artchain.core.engine import Engine
@@ -32,7 +33,7 @@ from artchain.core.processor import ImageFile, Param, Processor
 from artchain.core.weights import WeightStore
 from artchain.runtime import load_settings as load_config
 from support import run_cli
-from telegram_fake_server import FakeTelegram
+from telegram_fake_server import FakeTelegram, FloodRules
 
 TOKEN = "123456:TEST-secret-token-value"
 TEST_PRESETS = {"double": "resize:scale=2", "halve-and-back": "resize:scale=0.5,resize-back"}
@@ -90,10 +91,11 @@ def close_to(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 
 class Harness:
     """The fake server plus the bot polling it, with the LocalExecutor `artchain bot` builds by default."""
 
-    def __init__(self, server: FakeTelegram, executor: LocalExecutor, dispatcher) -> None:
+    def __init__(self, server: FakeTelegram, executor: LocalExecutor, dispatcher, polling: asyncio.Task) -> None:
         self.server = server
         self.executor = executor
         self.dispatcher = dispatcher
+        self.polling = polling
 
     async def photo_keyboard(self, user_id: int, image: Image.Image):
         seen = len(self.server.chat(user_id))
@@ -108,11 +110,22 @@ class Harness:
 
     def status_messages(self, user_id: int):
         return [sent for sent in self.server.chat(user_id)
-                if sent.method == "sendMessage" and "fetching your image" in sent.text]
+                if sent.method == "sendMessage" and "fetching your picture" in sent.text]
+
+    async def status_after_tap(self, user_id: int, keyboard, button: str):
+        """Taps `button` and returns the id of the status message the job then sends."""
+        seen = len(self.server.chat(user_id))
+        await self.server.user_taps(user_id, keyboard, button)
+        return (await self.server.reply(user_id, after=seen)).message["message_id"]
+
+    def status_texts(self, user_id: int, message_id: int) -> list[str]:
+        """Every text a status message showed, the first one included."""
+        [first] = [sent.text for sent in self.server.chat(user_id) if sent.message["message_id"] == message_id]
+        return [first, *(edit.text for edit in self.server.edits if edit.message_id == message_id)]
 
 
 @contextlib.asynccontextmanager
-async def running_bot(tmp_path, limits=None, store=None, **settings):
+async def running_bot(tmp_path, limits=None, store=None, handle_signals=False, **settings):
     GATE.set()
     STYLE_SIZES.clear()
     server = FakeTelegram(TOKEN)
@@ -123,19 +136,21 @@ async def running_bot(tmp_path, limits=None, store=None, **settings):
     config.presets = {**config.presets, **TEST_PRESETS}
     if limits:
         config.limits = config.limits.model_copy(update=limits)
-    defaults = {"chains": ["neon", "paint", "gate", "nst", "pencil-sketch"], "status_interval": 0.2}
+    defaults = {"chains": ["neon", "paint", "gate", "nst", "pencil-sketch"], "status_interval": 0.2,
+                "shutdown_grace": 5.0}
     config.telegram = Telegram(api_url=server.url, **{**defaults, **settings})
     engine = Engine(config, discover([TestPlugin()]), store or WeightStore(tmp_path, entries={}))
     executor = LocalExecutor(engine, config.telegram.workers, config.telegram.max_queue)
     bot = create_bot(TOKEN, config.telegram)
     dispatcher = create_dispatcher(config, engine.parser, executor)
-    polling = asyncio.create_task(run_polling(bot, dispatcher, handle_signals=False))
+    polling = asyncio.create_task(run_polling(bot, dispatcher, handle_signals=handle_signals))
     try:
         await server.wait_for(lambda: "getUpdates" in server.calls, timeout=10)
-        yield Harness(server, executor, dispatcher)
+        yield Harness(server, executor, dispatcher, polling)
     finally:
         GATE.set()
-        await dispatcher.stop_polling()
+        if not polling.done():
+            await dispatcher.stop_polling()
         await polling
         executor.shutdown()
         await server.stop()
@@ -158,8 +173,8 @@ def test_photo_in_result_out_with_the_right_size(tmp_path, caplog):
             assert server.menu_button == {"type": "commands"}
 
             keyboard = await bot.photo_keyboard(7, solid((200, 30, 30), 64, 48))
-            installed = {"neon", "paint", "gate", "nst", *TEST_PRESETS, "neon,upscale", "thumbnail"}
-            assert set(keyboard.buttons) == installed  # no plugin provides pencil-sketch
+            # No plugin provides pencil-sketch; the bundled presets are not in this bot's `chains`.
+            assert set(keyboard.buttons) == {"neon", "paint", "gate", "nst", *TEST_PRESETS}
             seen = len(server.chat(7))
             await server.user_taps(7, keyboard, "double")
             result = await server.reply(7, "sendPhoto", after=seen)
@@ -168,8 +183,9 @@ def test_photo_in_result_out_with_the_right_size(tmp_path, caplog):
             assert not [s for s in server.chat(7)[seen:] if s.method == "sendDocument"]
 
             [status] = bot.status_messages(7)
-            final = await server.wait_for(lambda: server.current_text(7, status.message["message_id"]).startswith("Done"))
-            assert final and server.unchanged_edits == 0
+            status_id = status.message["message_id"]
+            await server.wait_for(lambda: server.current_text(7, status_id).startswith("double: done, 128x96"))
+            assert server.unchanged_edits == 0
 
             # The chain runs resize-back: the photo's own size comes back.
             result = await bot.run_chain(7, solid((20, 160, 40), 50, 40), "halve-and-back")
@@ -274,7 +290,13 @@ def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplo
                 await server.user_sends(user, **content)
                 assert expected in (await server.reply(user, after=seen)).text
             refusals = [
-                (server.user_sends_file(user, b"%PDF-1.4", "report.pdf", "application/pdf"), "isn't an image"),
+                (server.user_sends_file(user, b"%PDF-1.4", "report.pdf", "application/pdf"), "isn't a picture I can"),
+                # Image types by name, but not ones the engine reads: refused before any keyboard.
+                (server.user_sends_file(user, b"<svg/>", "logo.svg", "image/svg+xml"), "isn't a picture I can"),
+                (server.user_sends_file(user, b"\0\0\0\x18ftypheic", "IMG_1.HEIC", "image/heic"),
+                 "isn't a picture I can"),
+                (server.user_sends_file(user, b"PK\3\4", "photos.zip", "application/octet-stream"),
+                 "isn't a picture I can"),
                 (server.user_sends_file(user, b"x" * 100, "huge.png", "image/png", declared_size=25 * 1024 * 1024),
                  "over 20 MB"),
                 (server.user_sends_photo(user, solid((1, 2, 3), 400, 400)), "the most I take is 100,000 pixels"),
@@ -284,13 +306,15 @@ def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplo
                 await sending
                 assert expected in (await server.reply(user, after=seen)).text
 
-            # Looks like an image by name and type, but is not one: the job says so.
+            # Looks like an image by name and type, but is not one: the job says so in plain words.
             seen = len(server.chat(user))
             await server.user_sends_file(user, b"not really a png", "fake.png", "image/png")
             keyboard = await server.reply(user, after=seen)
             await server.user_taps(user, keyboard, "double")
             status = await server.reply(user, after=seen + 1)
-            await server.wait_for(lambda: "not an image file" in server.current_text(user, status.message["message_id"]))
+            await server.wait_for(lambda: server.current_text(user, status.message["message_id"])
+                                  == "double: That file is not a picture I can read; please send a JPEG, PNG or "
+                                     "WEBP image.")
 
             # Telegram fails to hand over the photo: the user is told, and the log never shows the
             # download URL, which holds the token.
@@ -299,7 +323,7 @@ def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplo
             keyboard = await bot.photo_keyboard(user, solid((5, 5, 5), 30, 20))
             await server.user_taps(user, keyboard, "double")
             status = await server.reply(user, after=seen + 1)
-            await server.wait_for(lambda: "didn't pass the image along" in
+            await server.wait_for(lambda: "didn't pass the picture along" in
                                   server.current_text(user, status.message["message_id"]))
 
             result = await bot.run_chain(user, solid((90, 90, 90), 30, 20), "double")
@@ -308,6 +332,9 @@ def test_bad_inputs_get_friendly_answers_and_the_bot_keeps_going(tmp_path, caplo
     run(scenario())
     assert not [r for r in caplog.records if TOKEN.split(":")[1] in r.getMessage()
                 or (r.exc_text and TOKEN.split(":")[1] in r.exc_text)]
+    # The user read plain words; the operator's log keeps the engine's own.
+    assert [r for r in caplog.records if "fake.png: not an image file artchain reads" in r.getMessage()]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_per_user_limits_cancel_and_a_full_queue(tmp_path):
@@ -320,29 +347,32 @@ def test_per_user_limits_cancel_and_a_full_queue(tmp_path):
             await server.user_taps(11, keyboard, "gate")
             status = await server.reply(11, after=seen)
             status_id = status.message["message_id"]
-            await server.wait_for(lambda: "Working: gate" in server.current_text(11, status_id))
+            await server.wait_for(lambda: "gate: working (step 1 of 1)" in server.current_text(11, status_id))
+            assert not [text for text in bot.status_texts(11, status_id) if "busy" in text]  # nobody was ahead
 
             seen = len(server.chat(11))
             await server.user_taps(11, keyboard, "double")
             assert "already have a job going" in (await server.reply(11, after=seen)).text
 
-            # Another user finds the single queue place taken.
+            # Another user finds the single queue place taken, and is told so before the download.
             other = await bot.photo_keyboard(12, solid((6, 6, 6), 16, 16))
-            seen = len(server.chat(12))
+            seen, downloads = len(server.chat(12)), len(server.downloaded)
             await server.user_taps(12, other, "double")
             busy = await server.reply(12, after=seen)
-            await server.wait_for(lambda: "busy" in server.current_text(12, busy.message["message_id"]))
+            assert busy.text == ("I'm busy: my queue is full (1 picture ahead of yours). "
+                                 "Please try again in a few minutes.")
+            assert len(server.downloaded) == downloads
 
             seen = len(server.chat(11))
             await server.user_sends(11, text="/cancel")
             assert (await server.reply(11, after=seen)).text == "Cancelled 1 job."
-            await server.wait_for(lambda: server.current_text(11, status_id) == "Cancelled.")
+            await server.wait_for(lambda: server.current_text(11, status_id) == "gate: cancelled.")
             assert bot.executor.load == 0  # the queue place is free again
 
             seen = len(server.chat(11))
             await server.user_taps(11, keyboard, "double")
             status_id = (await server.reply(11, after=seen)).message["message_id"]
-            await server.wait_for(lambda: server.current_text(11, status_id).startswith("Done"))
+            await server.wait_for(lambda: server.current_text(11, status_id).startswith("double: done"))
             seen = len(server.chat(11))
             await server.user_taps(11, keyboard, "double")  # a third job within the minute
             assert "2 jobs in a minute" in (await server.reply(11, after=seen)).text
@@ -354,6 +384,69 @@ def test_per_user_limits_cancel_and_a_full_queue(tmp_path):
             assert server.unchanged_edits == 0
 
     run(scenario())
+
+
+def test_chat_details_stale_buttons_commands_double_taps_and_plain_descriptions(tmp_path):
+    async def scenario():
+        async with running_bot(tmp_path, chains=["double", "paint", "gate", "thumbnail"]) as bot:
+            server = bot.server
+            user = 40
+            keyboard = await bot.photo_keyboard(user, solid((50, 50, 50), 16, 16))
+            # Operator's presets are offered; of the bundled ones only what `chains` keeps.
+            assert set(keyboard.buttons) == {"double", "paint", "gate", "thumbnail", "halve-and-back"}
+
+            # Buttons of an older bot, forged data and an option that no longer exists: all answered.
+            photo_id = keyboard.buttons["double"].split(":")[-1]
+            for data in ("style:42", "chain:abc:def", f"chain:99:{photo_id}", "chain:0:12345"):
+                query = await server.user_presses(user, keyboard, data)
+                answer = await server.wait_for(lambda: server.callback_answer(query))
+                assert answer.get("text"), data
+
+            # A command leaves the style dialog: the next photo gets a keyboard, not taken as a style.
+            for command, reply in (("/start", "Send me a photo"), ("/frobnicate", "I don't know that command")):
+                seen = len(server.chat(user))
+                await server.user_taps(user, keyboard, "paint")
+                assert "send the style image" in (await server.reply(user, after=seen)).text
+                await server.user_sends(user, text=command)
+                assert reply in (await server.reply(user, after=seen + 1)).text
+                keyboard = await bot.photo_keyboard(user, solid((60, 60, 60), 16, 16))
+                assert keyboard.text == "Pick a style:"
+            assert STYLE_SIZES == []
+
+            seen = len(server.chat(user))
+            await server.user_sends(user, text="/styles")
+            styles = (await server.reply(user, after=seen)).text
+            assert "double: Resize to a width and/or height" in styles
+            assert "paint (two pictures): Test: a two-image step like neural style transfer" in styles
+            assert "resize:scale" not in styles and "->" not in styles
+
+            # A double tap makes one job; its status keeps the style's name from first to last word.
+            GATE.clear()
+            seen = len(server.chat(user))
+            first, second = await asyncio.gather(server.user_taps(user, keyboard, "gate"),
+                                                 server.user_taps(user, keyboard, "gate"))
+            await server.wait_for(lambda: server.callback_answer(first) and server.callback_answer(second))
+            assert "Already on it" in (server.callback_answer(first).get("text", "")
+                                       + server.callback_answer(second).get("text", ""))
+            status_id = (await server.reply(user, after=seen)).message["message_id"]
+            await server.wait_for(lambda: server.current_text(user, status_id).startswith("gate: working"))
+            GATE.set()
+            result = await server.reply(user, "sendPhoto", after=seen)
+            assert result.params["caption"] == "gate: Test: holds a job running"
+            await server.wait_for(lambda: server.current_text(user, status_id).startswith("gate: done"))
+            assert len(bot.status_messages(user)) == 1
+            texts = bot.status_texts(user, status_id)
+            assert len(texts) >= 3 and all(text.startswith("gate: ") for text in texts), texts
+
+    run(scenario())
+
+
+def test_the_bundled_presets_get_buttons_only_where_the_operator_keeps_them():
+    config = load_config(environ={})
+    config.presets = {**config.presets, "mine": "resize:scale=2"}
+    assert offered_presets(config) == ["mine"]  # "neon,upscale" comes in through the bundled `chains`
+    config.telegram = config.telegram.model_copy(update={"offer_presets": False})
+    assert offered_presets(config) == []
 
 
 def test_a_late_progress_report_never_overwrites_the_last_word():
@@ -388,7 +481,11 @@ def test_only_allowed_users_are_served(tmp_path):
     run(scenario())
 
 
-def test_fifty_users_at_once_each_get_their_own_result_without_stalling_the_loop(tmp_path):
+def test_fifty_users_at_once_under_flood_control_each_get_their_own_result(tmp_path, caplog):
+    """Telegram's flood control enforced (30 messages a second, one a second per chat): every call
+    waits out its 429, so every user gets a keyboard and their own result, with no traceback, and
+    the event loop stays responsive meanwhile."""
+    caplog.set_level(logging.INFO)
     users = range(1000, 1050)
 
     def colour(index: int) -> tuple[int, int, int]:
@@ -396,6 +493,8 @@ def test_fifty_users_at_once_each_get_their_own_result_without_stalling_the_loop
 
     async def scenario():
         async with running_bot(tmp_path, workers=2, max_queue=64, status_interval=1.0) as bot:
+            server = bot.server
+            server.flood = FloodRules(per_second=30, per_chat_per_second=1)
             lags: list[float] = []
             stop = asyncio.Event()
 
@@ -416,13 +515,65 @@ def test_fifty_users_at_once_each_get_their_own_result_without_stalling_the_loop
                 image = decoded(result.file)
                 assert result.chat_id == user
                 assert image.size == (2 * (24 + i), 2 * (16 + i)) and close_to(image, colour(i)), user
-                assert len([s for s in bot.server.chat(user) if s.method == "sendPhoto"]) == 1
+                assert len([s for s in server.chat(user) if s.method == "sendPhoto"]) == 1
+                assert result.params["caption"] == "double: Resize to a width and/or height (keeping the aspect " \
+                                                   "when one is 0) or by a scale"
+            # The last word of every job arrives too, also while Telegram pushes back.
+            statuses = {user: bot.status_messages(user)[0].message["message_id"] for user in users}
+            await server.wait_for(lambda: all(server.current_text(user, message_id).startswith("double: done")
+                                              for user, message_id in statuses.items()), timeout=60)
             p99 = statistics.quantiles(lags, n=100, method="inclusive")[98]
-            print(f"\n50 users: {elapsed:.2f} s, event-loop lag p99 {p99 * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms "
-                  f"over {len(lags)} samples")
+            print(f"\n50 users under flood control: {elapsed:.2f} s, {len(server.refused)} calls answered 429, "
+                  f"event-loop lag p99 {p99 * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms over {len(lags)} samples")
+            assert server.refused  # flood control was really exercised
             assert p99 < 0.1
 
-    run(scenario(), timeout=90)
+    run(scenario(), timeout=120)
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if "didn't pass" in r.getMessage() or "given up" in r.getMessage()]
+
+
+def test_sigterm_finishes_uploads_and_tells_waiting_users_to_send_again(tmp_path, caplog):
+    """SIGTERM with a result upload in flight, a job computing and a job waiting in the queue: the
+    upload finishes within the grace period, the waiting job is answered at once, the computing
+    one when the grace period is over; no computed result is thrown away as "cancelled"."""
+    caplog.set_level(logging.INFO)
+    restarted = "the bot restarted before your picture was done; please send it again."
+
+    async def scenario():
+        async with running_bot(tmp_path, workers=1, shutdown_grace=1.5, handle_signals=True) as bot:
+            server = bot.server
+            await server.hold_uploads()
+            uploading = await bot.status_after_tap(31, await bot.photo_keyboard(31, solid((9, 99, 9), 20, 20)),
+                                                   "double")
+            await server.wait_for(lambda: server.uploads_waiting == 1)
+            await server.wait_for(lambda: server.current_text(31, uploading) == "double: sending your picture...")
+
+            GATE.clear()
+            computing = await bot.status_after_tap(32, await bot.photo_keyboard(32, solid((1, 1, 1), 8, 8)), "gate")
+            await server.wait_for(lambda: server.current_text(32, computing).startswith("gate: working"))
+            waiting = await bot.status_after_tap(33, await bot.photo_keyboard(33, solid((2, 2, 2), 8, 8)), "double")
+            await server.wait_for(lambda: server.current_text(33, waiting) == "double: waiting, number 1 in the queue.")
+
+            os.kill(os.getpid(), signal.SIGTERM)
+            stopping = time.monotonic()
+            await server.wait_for(lambda: server.current_text(33, waiting) == f"double: {restarted}")
+            assert server.current_text(32, computing).startswith("gate: working")  # still within its grace
+            await server.release_uploads()
+            result = await server.reply(31, "sendPhoto")
+            assert decoded(result.file).size == (40, 40)
+            await server.wait_for(lambda: server.current_text(31, uploading).startswith("double: done"))
+            await server.wait_for(lambda: server.current_text(32, computing) == f"gate: {restarted}")
+            assert 1.5 <= time.monotonic() - stopping < 5
+            await asyncio.wait_for(asyncio.shield(bot.polling), 10)  # the bot has stopped
+
+            texts = [text for user, status in ((31, uploading), (32, computing), (33, waiting))
+                     for text in bot.status_texts(user, status)]
+            assert not [text for text in texts if "cancelled" in text]
+            assert not [sent for sent in server.chat(33) if sent.method == "sendPhoto"]
+
+    run(scenario())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_webhook_mode_registers_itself_and_answers_updates(tmp_path):
@@ -452,6 +603,8 @@ def test_webhook_mode_registers_itself_and_answers_updates(tmp_path):
                 async with session.post(url, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"}) as ok:
                     assert ok.status == 200
             assert "Send me a photo" in (await server.reply(3)).text
+            os.kill(os.getpid(), signal.SIGTERM)  # stops the webhook server as it stops polling
+            await asyncio.wait_for(webhook, 10)
         finally:
             webhook.cancel()
             with contextlib.suppress(asyncio.CancelledError):

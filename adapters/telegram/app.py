@@ -3,11 +3,14 @@ and running it by long polling or behind a webhook."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import secrets
+import signal
 from typing import Any, Awaitable, Callable
 
+import yaml
 from aiohttp import web
 from aiogram import BaseMiddleware, Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -18,9 +21,10 @@ from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.types import BotCommand, CallbackQuery, MenuButtonCommands, Message, TelegramObject, User
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler, setup_application
 
-from artchain.core.config import Config
+from artchain.core.config import Config, bundled_config_text
 from artchain.core.job import Executor
 
+from .flood import FloodControl
 from .handlers import BotContext, build_router
 from .menu import ChainMenu
 from .settings import TelegramSettings
@@ -72,16 +76,26 @@ class RequestLimit(BaseRequestMiddleware):
 def create_bot(token: str, settings: TelegramSettings) -> Bot:
     api = TelegramAPIServer.from_base(settings.api_url) if settings.api_url else PRODUCTION
     bot = Bot(token, session=AiohttpSession(api=api))
+    # Outermost first: a call waiting out flood control holds no request slot meanwhile.
+    bot.session.middleware(FloodControl())
     bot.session.middleware(RequestLimit(settings.concurrent_requests))
     return bot
+
+
+def offered_presets(config: Config) -> list[str]:
+    """The presets that get a button of their own: with `offer_presets`, those of the operator's
+    config. The presets artchain bundles get one only where the operator's `chains` keeps them."""
+    if not config.telegram.offer_presets:
+        return []
+    bundled = yaml.safe_load(bundled_config_text()).get("presets") or {}
+    return [name for name, chain in config.presets.items() if bundled.get(name) != chain]
 
 
 def create_dispatcher(config: Config, parser, executor: Executor) -> Dispatcher:
     """`parser` is the engine's chain parser: the keyboard offers what it accepts."""
     settings = config.telegram
-    presets = list(config.presets) if settings.offer_presets else []
-    context = BotContext(executor=executor, menu=ChainMenu(parser, settings.chains, presets),
-                         jobs=UserJobs(settings.jobs_per_user, settings.jobs_per_minute),
+    context = BotContext(executor=executor, menu=ChainMenu(parser, settings.chains, offered_presets(config)),
+                         jobs=UserJobs(settings.jobs_per_user, settings.jobs_per_minute, settings.max_queue),
                          settings=settings, limits=config.limits)
     dispatcher = Dispatcher(storage=MemoryStorage(), context=context)
     if settings.allowed_users:
@@ -91,7 +105,12 @@ def create_dispatcher(config: Config, parser, executor: Executor) -> Dispatcher:
     dispatcher.include_router(build_router())
     dispatcher.startup.register(_announce_commands)
     dispatcher.startup.register(_freeze_long_lived_objects)
-    dispatcher.shutdown.register(context.jobs.cancel_everything)
+
+    async def finish_jobs() -> None:
+        # Runs before the bot's session closes, so the last results and notes still reach users.
+        await context.jobs.drain(settings.shutdown_grace)
+
+    dispatcher.shutdown.register(finish_jobs)
     if not context.menu.options:
         log.warning("no configured chain can run with the installed plugins; the bot offers no styles")
     return dispatcher
@@ -116,25 +135,49 @@ async def run_polling(bot: Bot, dispatcher: Dispatcher, handle_signals: bool = T
                                    tasks_concurrency_limit=dispatcher["context"].settings.concurrent_requests)
 
 
-async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: TelegramSettings) -> None:
-    """Serves Telegram's webhook calls until cancelled (Ctrl-C)."""
+async def run_webhook(bot: Bot, dispatcher: Dispatcher, settings: TelegramSettings,
+                      handle_signals: bool = True) -> None:
+    """Serves Telegram's webhook calls until SIGTERM or Ctrl-C (or until cancelled)."""
     webhook = settings.webhook
     # Without a secret anyone who finds the URL could post forged updates; Telegram sends back
     # whatever secret it was given, so a fresh random one per start needs no configuration.
     secret = webhook.secret or secrets.token_urlsafe(32)
     app = web.Application()
-    SimpleRequestHandler(dispatcher, bot, secret_token=secret).register(app, path=webhook.path)
+    # The dispatcher's shutdown (finishing jobs) is registered first so it runs before the
+    # request handler's, which closes the bot's session.
     setup_application(app, dispatcher, bot=bot)
+    SimpleRequestHandler(dispatcher, bot, secret_token=secret).register(app, path=webhook.path)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, webhook.host, webhook.port).start()
-    await bot.set_webhook(webhook.url, secret_token=secret,
-                          allowed_updates=dispatcher.resolve_used_update_types())
-    log.info("webhook server listening on %s:%s%s", webhook.host, webhook.port, webhook.path)
     try:
-        await asyncio.Event().wait()
+        await web.TCPSite(runner, webhook.host, webhook.port).start()
+        await bot.set_webhook(webhook.url, secret_token=secret,
+                              allowed_updates=dispatcher.resolve_used_update_types())
+        log.info("webhook server listening on %s:%s%s", webhook.host, webhook.port, webhook.path)
+        await _until_stopped(handle_signals)
     finally:
         await runner.cleanup()
+
+
+async def _until_stopped(handle_signals: bool) -> None:
+    """Waits for SIGTERM or Ctrl-C, so that a webhook bot stops as gracefully as a polling one."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    try:
+        for stop_signal in handled:
+            with contextlib.suppress(NotImplementedError):  # Windows has no loop signal handlers
+                loop.add_signal_handler(stop_signal, _stopping, stop_signal, stop)
+        await stop.wait()
+    finally:
+        for stop_signal in handled:
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(stop_signal)
+
+
+def _stopping(received: signal.Signals, stop: asyncio.Event) -> None:
+    log.warning("received %s: stopping", received.name)
+    stop.set()
 
 
 async def serve(token: str, config: Config, parser, executor: Executor) -> None:

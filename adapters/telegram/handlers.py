@@ -10,18 +10,19 @@ from pathlib import Path
 from aiohttp import ClientError
 from aiogram import Bot, F, Router
 from aiogram.exceptions import TelegramAPIError
-from aiogram.filters import Command, CommandStart
+from aiogram.filters import Command, CommandStart, ExceptionTypeFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import BufferedInputFile, CallbackQuery, Message, ReplyParameters
+from aiogram.types import BufferedInputFile, CallbackQuery, ErrorEvent, Message, ReplyParameters
 
 from artchain.core.config import Limits
 from artchain.core.errors import ArtchainError, Cancelled
-from artchain.core.job import Executor, InputFile, Job, JobResult, QueueFull
+from artchain.core.job import Executor, InputFile, Job, JobResult, JobStatus, QueueFull, StatusFn
 
 from .menu import ChainChoice, ChainMenu, ChainOption
+from .replies import describe_failure, friendly_error
 from .settings import TelegramSettings
-from .tracking import StatusMessage, UserJobs
+from .tracking import StatusMessage, TrackedJob, UserJobs, describe_status
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,19 @@ PHOTO_MAX_BYTES = 10 * 1024 * 1024
 PHOTO_MAX_SIDES_SUM = 10_000
 PHOTO_MAX_ASPECT = 20
 PHOTO_KEPT_SIDE = 2560
+CAPTION_MAX_CHARS = 1024
+# Files the engine reads (by content; these are how Telegram labels them). A file Telegram could
+# not type is judged by its name.
+IMAGE_MIME_TYPES = {"image/jpeg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/tiff",
+                    "image/gif"}
+UNTYPED_MIME_TYPES = {"", "application/octet-stream"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 UNSUPPORTED_NAMES = {"sticker": "stickers", "animation": "GIFs", "voice": "voice messages", "video": "videos",
                      "video_note": "video messages", "audio": "audio files"}
 NO_STYLES = "No styles are installed yet; please ask the bot's owner."
+STALE_BUTTON = "That button is out of date; please send the photo again."
+BUSY = "I'm busy with many pictures right now; please try again in a few minutes."
+RESTARTED = "the bot restarted before your picture was done; please send it again."
 PHOTO_KEY = "photo"
 STYLE_OPTION_KEY = "style_option"
 
@@ -78,10 +88,10 @@ def image_source(message: Message, settings: TelegramSettings, limits: Limits) -
                           f"{limits.max_pixels:,} pixels.")
         return Source(photo.file_id, message.message_id, "photo", as_document=False)
     document = message.document
-    mime = document.mime_type or ""
+    mime = (document.mime_type or "").lower()
     suffix = Path(document.file_name or "").suffix.lower()
-    if not (mime.startswith("image/") or suffix in IMAGE_SUFFIXES):
-        raise Refused("That file isn't an image. Send a photo, or a PNG, JPEG or WEBP file.")
+    if not (mime in IMAGE_MIME_TYPES or (mime in UNTYPED_MIME_TYPES and suffix in IMAGE_SUFFIXES)):
+        raise Refused("That file isn't a picture I can read. Send a photo, or a JPEG, PNG or WEBP file.")
     _check_download(document.file_size, settings)
     return Source(document.file_id, message.message_id, document.file_name or "image", as_document=True)
 
@@ -92,26 +102,30 @@ def _check_download(size: int | None, settings: TelegramSettings) -> None:
         raise Refused(f"That file is over {limit:g} MB, the most a bot can download. Please send a smaller one.")
 
 
-async def on_start(message: Message) -> None:
+# Every command leaves the style dialog, so that the next photo is content again and gets a keyboard.
+async def on_start(message: Message, state: FSMContext) -> None:
+    await state.set_state(None)
     await message.answer("Hi! Send me a photo (or an image file) and tap a style under it.\n"
                          "/styles lists the styles, /help tells more, /cancel stops your jobs.")
 
 
-async def on_help(message: Message, context: BotContext) -> None:
+async def on_help(message: Message, state: FSMContext, context: BotContext) -> None:
+    await state.set_state(None)
     settings = context.settings
     await message.answer(
         "Send a photo for a quick result, or the image as a file to get a full-quality file back.\n"
         "Tap a style under it; I edit one status message while it runs.\n"
-        "Styles marked (two images) use the first image as content, then ask for a style image.\n"
+        "Styles marked (two pictures) use the first picture as content, then ask for a style picture.\n"
         f"You can have {settings.jobs_per_user} jobs at once and start {settings.jobs_per_minute} a minute.\n"
         "/styles: what I can do\n/cancel: stop your jobs and any dialog")
 
 
-async def on_styles(message: Message, context: BotContext) -> None:
+async def on_styles(message: Message, state: FSMContext, context: BotContext) -> None:
+    await state.set_state(None)
     if not context.menu.options:
         await message.answer(NO_STYLES)
         return
-    lines = [f"{option.label}{' (two images)' if option.needs_style else ''}: {option.description}"
+    lines = [f"{option.label}{' (two pictures)' if option.needs_style else ''}: {option.description}"
              for option in context.menu.options]
     await message.answer("\n".join(lines))
 
@@ -126,6 +140,11 @@ async def on_cancel(message: Message, state: FSMContext, context: BotContext) ->
         await message.answer("OK, I won't wait for a style image.")
     else:
         await message.answer("Nothing to cancel.")
+
+
+async def on_unknown_command(message: Message, state: FSMContext) -> None:
+    await state.set_state(None)
+    await message.answer("I don't know that command; /help lists what I understand.")
 
 
 async def on_image(message: Message, state: FSMContext, context: BotContext) -> None:
@@ -148,15 +167,28 @@ async def on_chain_choice(callback: CallbackQuery, callback_data: ChainChoice, s
     if option is None or stored is None or stored["message_id"] != callback_data.photo:
         await callback.answer("I only keep your latest photo; please send this one again.", show_alert=True)
         return
-    await callback.answer()
+    if context.jobs.is_running(callback.from_user.id, _job_key(callback_data)):
+        await callback.answer("Already on it: that picture is on its way.")  # a double tap
+        return
     chat_id = callback.message.chat.id
     if option.needs_style:
+        await callback.answer()
         await state.set_state(Dialog.waiting_for_style)
         await state.update_data({STYLE_OPTION_KEY: callback_data.option})
         await bot.send_message(chat_id, f"{option.label}: now send the style image (a painting, a pattern...), "
                                         "or /cancel.")
         return
-    await start_job(bot, context, callback.from_user.id, chat_id, option, Source(**stored))
+    # Started before the first await: a second tap on the same button finds it running.
+    refusal = start_job(bot, context, callback.from_user.id, chat_id, callback_data, Source(**stored))
+    await callback.answer()
+    if refusal:
+        await bot.send_message(chat_id, refusal)
+
+
+async def on_stale_button(callback: CallbackQuery) -> None:
+    """A button from another version of the bot, or callback data that is not ours: answered all
+    the same, so the user's app stops showing its spinner."""
+    await callback.answer(STALE_BUTTON, show_alert=True)
 
 
 async def on_style_image(message: Message, state: FSMContext, bot: Bot, context: BotContext) -> None:
@@ -167,8 +199,11 @@ async def on_style_image(message: Message, state: FSMContext, bot: Bot, context:
         return
     data = await state.get_data()
     await state.set_state(None)
-    option = context.menu.get(data[STYLE_OPTION_KEY])
-    await start_job(bot, context, message.from_user.id, message.chat.id, option, Source(**data[PHOTO_KEY]), style)
+    content = Source(**data[PHOTO_KEY])
+    choice = ChainChoice(option=data[STYLE_OPTION_KEY], photo=content.message_id)
+    refusal = start_job(bot, context, message.from_user.id, message.chat.id, choice, content, style)
+    if refusal:
+        await message.answer(refusal)
 
 
 async def on_waiting_for_style(message: Message) -> None:
@@ -184,64 +219,78 @@ async def on_text(message: Message) -> None:
     await message.answer("Send me a photo or an image file and pick a style; /help tells more.")
 
 
-async def start_job(bot: Bot, context: BotContext, user_id: int, chat_id: int, option: ChainOption,
-                    content: Source, style: Source | None = None) -> None:
+async def on_telegram_failure(event: ErrorEvent) -> bool:
+    """A call to Telegram that failed in a handler (after flood control gave up, or the network
+    dropped): one line in the log instead of a traceback; the bot goes on."""
+    log.warning("update %s: Telegram call failed: %s", event.update.update_id, describe_failure(event.exception))
+    return True
+
+
+def _job_key(choice: ChainChoice) -> tuple[int, int]:
+    return choice.photo, choice.option
+
+
+def start_job(bot: Bot, context: BotContext, user_id: int, chat_id: int, choice: ChainChoice,
+              content: Source, style: Source | None = None) -> str | None:
+    """Starts the job, or returns why not: limits and a full queue are checked before anything is
+    downloaded."""
     refusal = context.jobs.refusal(user_id)
-    if refusal:
-        await bot.send_message(chat_id, refusal)
-        return
-    context.jobs.start(user_id, run_job(bot, context, chat_id, option, content, style))
+    if refusal is None:
+        option = context.menu.get(choice.option)
+        context.jobs.start(user_id, _job_key(choice),
+                           lambda job: run_job(bot, context, job, chat_id, option, content, style))
+    return refusal
 
 
-def describe_failure(exc: Exception) -> str:
-    """What went wrong talking to Telegram, by type and status only: an aiohttp error's text holds
-    the request URL, and file URLs hold the token."""
-    status, errno = getattr(exc, "status", None), getattr(exc, "errno", None)
-    detail = f"HTTP {status}" if status else f"errno {errno}" if errno else ""
-    return type(exc).__name__ + (f" ({detail})" if detail else "")
-
-
-async def run_job(bot: Bot, context: BotContext, chat_id: int, option: ChainOption, content: Source,
-                  style: Source | None) -> None:
+async def run_job(bot: Bot, context: BotContext, job: TrackedJob, chat_id: int, option: ChainOption,
+                  content: Source, style: Source | None) -> None:
+    label = option.label
     try:
-        status = await StatusMessage.send(bot, chat_id, f"{option.label}: fetching your image...",
+        status = await StatusMessage.send(bot, chat_id, f"{label}: fetching your picture...",
                                           context.settings.status_interval)
     except (TelegramAPIError, ClientError) as exc:  # e.g. the user blocked the bot meanwhile
         log.warning("job for chat %s not started: %s", chat_id, describe_failure(exc))
         return
+
+    def on_status(update: JobStatus) -> None:
+        job.started = job.started or update.running
+        status.show(describe_status(label, update))
+
     try:
-        result = await _process(bot, context, status, option, content, style)
-        await _send_result(bot, chat_id, result, content)
+        result = await _process(bot, context, option, content, style, on_status)
+        job.started = True  # computed: a restart now waits for it to be sent
+        status.show(f"{label}: sending your picture...")
+        await _send_result(bot, chat_id, result, content, f"{label}: {option.description}")
     except asyncio.CancelledError:
-        await status.finish("Cancelled.")
+        await status.finish(f"{label}: {RESTARTED if context.jobs.closing else 'cancelled.'}")
         raise
     except Cancelled:
-        outcome = "Cancelled."
+        outcome = "cancelled."
     except QueueFull:
-        outcome = "I'm busy with many images right now; please try again in a few minutes."
+        outcome = BUSY
     except ArtchainError as exc:
-        outcome = f"Sorry, that didn't work: {exc}"
+        log.info("job for chat %s failed: %s", chat_id, exc)  # the technical text, for the operator
+        outcome = friendly_error(exc, content.as_document)
     except (TelegramAPIError, ClientError) as exc:
         log.warning("job for chat %s: Telegram transfer failed: %s", chat_id, describe_failure(exc))
-        outcome = "Sorry, Telegram didn't pass the image along; please try again."
+        outcome = "Sorry, Telegram didn't pass the picture along; please try again."
     except Exception:  # noqa: BLE001 - whatever broke, the user gets an answer and the bot goes on
         log.exception("job for chat %s failed unexpectedly", chat_id)
         outcome = "Sorry, something went wrong on my side; please try again later."
     else:
-        outcome = f"Done: {result.chain}, {result.size[0]}x{result.size[1]} in {result.seconds:.1f} s."
-    await status.finish(outcome)
+        outcome = f"done, {result.size[0]}x{result.size[1]} in {result.seconds:.1f} s."
+    await status.finish(f"{label}: {outcome}")
 
 
-async def _process(bot: Bot, context: BotContext, status: StatusMessage, option: ChainOption, content: Source,
-                   style: Source | None) -> JobResult:
+async def _process(bot: Bot, context: BotContext, option: ChainOption, content: Source, style: Source | None,
+                   on_status: StatusFn) -> JobResult:
     image = InputFile(content.name, await _download(bot, content))
     files = {}
     if style is not None and option.style_slot is not None:
         # The style travels inside the job, so it stays this job's own, on any worker.
         files[option.style_slot] = (InputFile(f"style image {style.name}", await _download(bot, style)),)
     job = Job(option.steps, image, files, "PNG" if content.as_document else "JPEG")
-    status.show(f"{option.label}: queued...")
-    return await context.executor.submit(job, on_status=status.show_status)
+    return await context.executor.submit(job, on_status=on_status)
 
 
 async def _download(bot: Bot, source: Source) -> bytes:
@@ -249,18 +298,20 @@ async def _download(bot: Bot, source: Source) -> bytes:
     return buffer.getvalue()
 
 
-async def _send_result(bot: Bot, chat_id: int, result: JobResult, content: Source) -> None:
+async def _send_result(bot: Bot, chat_id: int, result: JobResult, content: Source, caption: str) -> None:
     width, height = result.size
     extension = "png" if result.output_format == "PNG" else result.output_format.lower()
     file = BufferedInputFile(result.image, filename=f"{Path(content.name).stem}-artchain.{extension}")
     reply = ReplyParameters(message_id=content.message_id, allow_sending_without_reply=True)
+    if len(caption) > CAPTION_MAX_CHARS:
+        caption = caption[:CAPTION_MAX_CHARS - 1] + "…"
     fits_photo = (len(result.image) <= PHOTO_MAX_BYTES and width + height <= PHOTO_MAX_SIDES_SUM
                   and max(width, height) <= PHOTO_MAX_ASPECT * min(width, height))
     if not content.as_document and fits_photo:
-        await bot.send_photo(chat_id, file, reply_parameters=reply)
+        await bot.send_photo(chat_id, file, caption=caption, reply_parameters=reply)
         if max(width, height) <= PHOTO_KEPT_SIDE:
             return
-    await bot.send_document(chat_id, file, reply_parameters=reply)
+    await bot.send_document(chat_id, file, caption=caption, reply_parameters=reply)
 
 
 def build_router() -> Router:
@@ -270,6 +321,7 @@ def build_router() -> Router:
     router.message.register(on_help, Command("help"))
     router.message.register(on_styles, Command("styles"))
     router.message.register(on_cancel, Command("cancel"))
+    router.message.register(on_unknown_command, F.text.startswith("/"))
     # Animations also carry a `document`, so they are turned away before documents are taken.
     router.message.register(on_unsupported, F.sticker | F.animation | F.voice | F.video | F.video_note | F.audio)
     router.message.register(on_style_image, Dialog.waiting_for_style, F.photo | F.document)
@@ -278,4 +330,6 @@ def build_router() -> Router:
     router.message.register(on_text, F.text)
     router.message.register(on_unsupported)
     router.callback_query.register(on_chain_choice, ChainChoice.filter())
+    router.callback_query.register(on_stale_button)
+    router.errors.register(on_telegram_failure, ExceptionTypeFilter(TelegramAPIError, ClientError))
     return router

@@ -11,7 +11,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
-from artchain.core.chain import ChainParser, StepSpec
+from artchain.core.chain import Chain, ChainParser, StepSpec
 from artchain.core.errors import ArtchainError
 from artchain.core.job import FileKey
 
@@ -29,7 +29,7 @@ class ChainChoice(CallbackData, prefix="chain"):
 class ChainOption:
     label: str  # as configured: an alias, a preset or a chain text
     steps: tuple[StepSpec, ...]
-    description: str  # the steps it runs
+    description: str  # what it does, in the processors' own words, for people
     style_slot: FileKey | None  # where the user's second image goes, when the chain needs one
 
     @property
@@ -46,7 +46,22 @@ def _option(parser: ChainParser, chain_text: str) -> ChainOption | None:
     slots = [(step.origin, param.name) for step in chain.steps for param in step.missing_files()]
     if len(slots) > 1:
         return None  # a chat asks for one extra image at most
-    return ChainOption(chain_text, steps, chain.describe(), slots[0] if slots else None)
+    return ChainOption(chain_text, steps, describe_for_people(chain), slots[0] if slots else None)
+
+
+def describe_for_people(chain: Chain) -> str:
+    """The processors' descriptions, step by step ("Neon glow...; then super-resolution...")."""
+    descriptions = [text for text in dict.fromkeys(step.processor.description.strip().rstrip(".")
+                                                   for step in chain.steps) if text]
+    if not descriptions:
+        return ""
+    first, *rest = descriptions
+    return "; then ".join([first[:1].upper() + first[1:], *(_lower_first(text) for text in rest)])
+
+
+def _lower_first(text: str) -> str:
+    """"Return to..." -> "return to...", but "ESRGAN..." stays."""
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
 class ChainMenu:

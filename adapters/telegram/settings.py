@@ -26,8 +26,11 @@ class TelegramSettings(Section):
     max_download_bytes: int = Field(20 * 1024 * 1024, gt=0)  # the Bot API's download limit
     status_interval: float = Field(1.0, ge=0)  # seconds between edits of one status message
     concurrent_requests: int = Field(8, gt=0)  # Bot API calls (and updates handled) at once
+    # On SIGTERM or Ctrl-C, jobs already computing or sending their result get this long to finish;
+    # jobs not begun are answered at once with "the bot restarted, please send it again".
+    shutdown_grace: float = Field(30.0, ge=0)
     chains: list[str] = []  # empty = every installed processor
-    offer_presets: bool = True  # every preset from `presets` gets a button too
+    offer_presets: bool = True  # the presets of your own config get a button too (bundled ones: list them in chains)
     webhook: Webhook = Webhook()
 
 
