@@ -24,8 +24,10 @@ from PIL import Image
 
 from artchain.adapters.telegram.app import create_bot, create_dispatcher, offered_presets, run_polling, run_webhook
 from artchain.adapters.telegram.settings import TelegramSettings as Telegram
+from artchain.adapters.telegram.replies import friendly_error
 from artchain.adapters.telegram.tracking import StatusMessage
 from artchain.core.engine import Engine
+from artchain.core.errors import ImageError, WeightsError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.job import LocalExecutor
 from artchain.core.plugins import discover
@@ -447,6 +449,26 @@ def test_the_bundled_presets_get_buttons_only_where_the_operator_keeps_them():
     assert offered_presets(config) == ["mine"]  # "neon,upscale" comes in through the bundled `chains`
     config.telegram = config.telegram.model_copy(update={"offer_presets": False})
     assert offered_presets(config) == []
+
+
+@pytest.mark.parametrize("error, answer", [
+    (ImageError("photo: refused as a decompression bomb"), "That picture has too many pixels for me"),
+    (ImageError("photo: 9000x9000 is over the limit of 50000000 pixels"), "That picture has too many pixels"),
+    (ImageError("scan.tif: 60000000 bytes is over the limit of 52428800"), "That file is too large a file"),
+    (ImageError("photo: damaged image (broken data stream when reading image file)"),
+     "That picture is not a picture I can read"),
+    (ImageError("cyclegan-cubism: image is 8x8; both sides must be at least 32 pixels"), "That picture is too small"),
+    (ImageError("fast-style: style image is 8x8; it needs at least 64 px on each side"), "The style image is too small"),
+    (ImageError("esrgan: a 9000x9000 image needs at least 900 MB of working memory for its smallest tiles"),
+     "That picture is too large for me to process"),
+    (ImageError("resize:scale=9: would make a 9000x9000 image, over the limit of 50000000 pixels"),
+     "The result would be too large"),
+    (WeightsError("esrgan: weights file missing; run artchain weights pull esrgan"), "This style can't run"),
+])
+def test_engine_errors_are_told_in_plain_words(error, answer):
+    told = friendly_error(error, sent_as_file=error.args[0].startswith("scan"))
+    assert answer in told
+    assert not any(word in told for word in ("bytes", "decompression", "Pillow", "pixels (", "MB", "esrgan"))
 
 
 def test_a_late_progress_report_never_overwrites_the_last_word():
