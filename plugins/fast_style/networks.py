@@ -30,9 +30,6 @@ STYLE_DIMENSIONS = 100
 NORM_EPSILON = 1e-5
 # Two stride-2 convolutions, undone by two 2x upsamplings: other sizes would not come back whole.
 SIZE_MULTIPLE = 4
-# The first convolution reflect-pads 4 px; at a quarter of the size the last residual block still
-# reflect-pads 1 px, which needs 2 px there.
-MIN_SIDE = 8
 
 QUANT_PREFIX = "quant/"  # state-dict keys `<network>.quant/<tensor name>` hold (scale, zero point)
 

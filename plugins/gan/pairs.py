@@ -62,7 +62,7 @@ class Teacher:
     @torch.inference_mode()
     def style_vectors(self, painting: torch.Tensor, crops: int, generator: torch.Generator) -> torch.Tensor:
         """(crops, 100): the centre square, then random squares of 60-100 % of the short side."""
-        from artchain.plugins.fast_style import centre_square
+        from artchain.plugins.fast_style.stylise import centre_square
         from artchain.plugins.fast_style.networks import STYLE_SIZE
 
         height, width = painting.shape[-2:]

@@ -8,10 +8,12 @@ from kornia.color import rgb_to_ycbcr
 from PIL import Image
 
 import artchain.plugins.fast_style as fast_style
+import artchain.plugins.fast_style.stylise as stylise
 from artchain.core.errors import Cancelled, ChainError, ImageError
 from artchain.core.imageio import Picture, to_tensor
 from artchain.core.processor import CancelToken, StepContext
-from artchain.plugins.fast_style import FastStyle, FastStyleModel, artchain_processors
+from artchain.plugins.fast_style import FastStyle, artchain_processors
+from artchain.plugins.fast_style.stylise import FastStyleModel
 
 
 def run(model: FastStyleModel, photo: Image.Image, styles: tuple[Picture, ...], ctx: StepContext | None = None,
@@ -90,9 +92,9 @@ def test_any_size_comes_back_whole(model, chelsea, seed_style):
 
 def test_large_images_run_in_tiles_without_seams(model, chelsea, seed_style, monkeypatch):
     whole = run(model, chelsea, (seed_style,))
-    monkeypatch.setattr(fast_style, "MAX_WINDOW_PIXELS", 256 * 256)
+    monkeypatch.setattr(stylise, "MAX_WINDOW_PIXELS", 256 * 256)
     # With the statistics measured on the image itself, tiles are the whole image's pixels.
-    monkeypatch.setattr(fast_style, "STATISTICS_SIDE", max(chelsea.size))
+    monkeypatch.setattr(stylise, "STATISTICS_SIDE", max(chelsea.size))
     reports = []
     ctx = StepContext(torch.device("cpu"), chelsea.size, progress=reports.append)
     tiled = run(model, chelsea, (seed_style,), ctx)
@@ -101,7 +103,7 @@ def test_large_images_run_in_tiles_without_seams(model, chelsea, seed_style, mon
 
 
 def test_cancel_stops_between_tiles(model, chelsea, seed_style, monkeypatch):
-    monkeypatch.setattr(fast_style, "MAX_WINDOW_PIXELS", 256 * 256)
+    monkeypatch.setattr(stylise, "MAX_WINDOW_PIXELS", 256 * 256)
     token = CancelToken()
 
     def progress(fraction: float) -> None:
