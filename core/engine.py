@@ -159,7 +159,9 @@ class Engine:
         all_params = []
         for step in chain.steps:
             self._check_runnable(step, target)
-            all_params.append({**step.params, **self._decoded_files(step, files)})
+            params = {**step.params, **self._decoded_files(step, files)}
+            self.processor(step).check_files(params)
+            all_params.append(params)
         return Plan(chain, target, tuple(all_params))
 
     def _check_runnable(self, step: Step, target: torch.device) -> None:

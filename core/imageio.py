@@ -42,6 +42,7 @@ class Picture:
     rgb: Image.Image
     alpha: Image.Image | None = None
     exif: bytes | None = None
+    name: str = "image"  # for messages: the file name, "photo from the chat", ...
 
     @property
     def size(self) -> tuple[int, int]:
@@ -93,7 +94,7 @@ def decode_image(data: bytes, limits: Limits, name: str = "image") -> Picture:
         raise ImageError(f"{name}: damaged image ({exc})") from None
     if min(image.size) < 1:
         raise ImageError(f"{name}: image has no pixels")
-    return _to_picture(image)
+    return _to_picture(image, name)
 
 
 def from_pil(image: Image.Image, limits: Limits) -> Picture:
@@ -109,7 +110,7 @@ def _check_pixels(image: Image.Image, limits: Limits, name: str) -> None:
         raise ImageError(f"{name}: {width}x{height} is over the limit of {limits.max_pixels} pixels")
 
 
-def _to_picture(image: Image.Image) -> Picture:
+def _to_picture(image: Image.Image, name: str = "image") -> Picture:
     exif = image.info.get("exif")
     image = ImageOps.exif_transpose(image)
     image = _to_srgb(image)
@@ -122,7 +123,7 @@ def _to_picture(image: Image.Image) -> Picture:
         alpha = image.getchannel("A")
         if alpha.getextrema() == (255, 255):
             alpha = None  # fully opaque: nothing worth carrying
-    return Picture(image.convert("RGB"), alpha, exif)
+    return Picture(image.convert("RGB"), alpha, exif, name)
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
@@ -145,16 +146,33 @@ def _to_srgb(image: Image.Image) -> Image.Image:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> (1, 3, H, W) float tensor in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """RGB PIL image -> (1, 3, H, W) float32 tensor in [0, 1]; the only float copy it makes is the
+    result (a 4K photo is 100 MB of float32)."""
+    pixels = torch.from_numpy(np.array(image if image.mode == "RGB" else image.convert("RGB")))
+    batch = torch.empty((1, 3, *pixels.shape[:2]), dtype=torch.float32)
+    batch[0].copy_(pixels.permute(2, 0, 1))
+    return batch.div_(255.0)
+
+
+# Values converted at a time when a float result becomes 8 bits (about 16 MB of float32).
+_CONVERSION_VALUES = 4 * 1024 * 1024
 
 
 def to_image(batch: torch.Tensor) -> Image.Image:
-    """(1, 3, H, W) tensor in [0, 1] -> RGB PIL image (rounded, not truncated)."""
-    # One new float copy at most (clamp), then in place: the result of an x4 upscale is large.
-    array = batch[0].detach().float().clamp(0, 1).mul_(255).round_().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+    """(1, 3, H, W) tensor -> RGB PIL image. Floats of any precision are in [0, 1] and are rounded
+    (not truncated) to 8 bits band by band, so a large result never gets a full float32 copy;
+    uint8 (0..255) is taken as it is, without a copy when its layout is channels_last."""
+    image = batch[0].detach()
+    if image.dtype == torch.uint8:
+        pixels = image.permute(1, 2, 0).cpu()
+    else:
+        height, width = image.shape[-2:]
+        pixels = torch.empty((height, width, 3), dtype=torch.uint8)
+        rows = max(1, _CONVERSION_VALUES // (3 * width))
+        for top in range(0, height, rows):
+            band = image[:, top:top + rows].clamp(0, 1).float().mul_(255).round_()
+            pixels[top:top + rows] = band.permute(1, 2, 0).cpu()
+    return Image.fromarray(np.ascontiguousarray(pixels.numpy()), "RGB")
 
 
 def as_float(batch: torch.Tensor) -> torch.Tensor:

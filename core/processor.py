@@ -185,6 +185,10 @@ class Processor:
         """Checks that need more than one parameter at a time, once all of a step's parameters are
         in (file parameters are names here); raises ChainError."""
 
+    def check_files(self, params: dict[str, Any]) -> None:
+        """Checks of the decoded files a step reads (their `Picture`s are in `params`), called by
+        the engine before any step runs; raises ImageError naming the file (`Picture.name`)."""
+
     def output_size(self, params: dict[str, Any], size: tuple[int, int],
                     original_size: tuple[int, int]) -> tuple[int, int]:
         """The (width, height) this step will produce from an input of `size`, so the engine can

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from artchain.core.errors import ImageError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.processor import ImageFile, InputNeeds, Param, Processor, StepContext
 
@@ -27,6 +28,8 @@ MAX_SIDE = 4096
 # The transformer's smallest input: its first convolution reflect-pads 4 px, and at a quarter of the
 # size the last residual block still reflect-pads 1 px, which needs 2 px there.
 MIN_SIDE = 8
+# A style image smaller than this carries too little texture to predict a style from.
+MIN_STYLE_SIDE = 32
 
 
 class FastStyle(Processor):
@@ -46,6 +49,13 @@ class FastStyle(Processor):
     )
     needs = InputNeeds(min_side=MIN_SIDE)
     weights = (WEIGHT_ID,)
+
+    def check_files(self, params: dict[str, Any]) -> None:
+        for picture in params["style"]:
+            width, height = picture.size
+            if min(width, height) < MIN_STYLE_SIDE:
+                raise ImageError(f"{picture.name}: {width}x{height} is too small for a style image (it needs at "
+                                 f"least {MIN_STYLE_SIDE} px on each side)")
 
     def load(self, params: dict[str, Any], store, device: torch.device) -> FastStyleModel:
         from .stylise import load_model

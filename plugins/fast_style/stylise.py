@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-from artchain.core.errors import ImageError
 from artchain.core.imageio import Picture, to_tensor
 from artchain.core.imageops import crop_to, pad_to_multiple, resize
 from artchain.core.processor import StepContext
@@ -28,8 +27,6 @@ TILE_OVERLAP = 64
 # Tiles are normalised with the statistics of the whole image, measured on a copy as large as one
 # window (from a copy at half the size, a 1536 px photo comes out at 33 dB PSNR of the untiled one).
 STATISTICS_SIDE = math.isqrt(MAX_WINDOW_PIXELS)
-# A style image smaller than this carries too little texture to predict a style from.
-MIN_STYLE_SIDE = 32
 
 
 @dataclass
@@ -58,15 +55,7 @@ def cpu_has_native_bf16() -> bool:
 
 def style_batch(pictures: tuple[Picture, ...], device: torch.device) -> torch.Tensor:
     """The style images as the predictor saw them in training: centre square, 256x256."""
-    squares = []
-    for index, picture in enumerate(pictures, start=1):
-        width, height = picture.size
-        if min(width, height) < MIN_STYLE_SIDE:
-            which = f" {index} of {len(pictures)}" if len(pictures) > 1 else ""
-            raise ImageError(f"fast-style: style image{which} is {width}x{height}; it needs at least "
-                             f"{MIN_STYLE_SIDE} px on each side")
-        squares.append(centre_square(to_tensor(picture.rgb).to(device)))
-    return torch.cat(squares)
+    return torch.cat([centre_square(to_tensor(picture.rgb).to(device)) for picture in pictures])
 
 
 def centre_square(batch: torch.Tensor) -> torch.Tensor:

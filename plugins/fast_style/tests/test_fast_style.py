@@ -114,10 +114,16 @@ def test_cancel_stops_between_tiles(model, chelsea, seed_style, monkeypatch):
         run(model, chelsea, (seed_style,), StepContext(torch.device("cpu"), chelsea.size, progress, token))
 
 
-def test_a_style_image_too_small_is_named(model, small_photo, seed_style):
-    tiny = Picture(seed_style.rgb.resize((20, 12)))
-    with pytest.raises(ImageError, match=r"style image 2 of 2 is 20x12; it needs at least 32 px"):
-        run(model, small_photo, (seed_style, tiny))
+def test_a_style_image_too_small_is_named_before_any_work(tmp_path, store, small_photo, seed_style):
+    from artchain.core.engine import Engine
+    from artchain.core.plugins import discover
+    from artchain.runtime import load_settings
+
+    engine = Engine(load_settings(environ={}), discover(), store)
+    seed_style.rgb.save(tmp_path / "glass.png")
+    seed_style.rgb.resize((20, 12)).save(tmp_path / "tiny.png")
+    with pytest.raises(ImageError, match=r"tiny.png: 20x12 is too small for a style image .*at least 32 px"):
+        engine.run(f"fast-style:style={tmp_path / 'glass.png'}+{tmp_path / 'tiny.png'}", small_photo, device="cpu")
 
 
 def test_bfloat16_stays_faithful(store, small_photo, seed_style):
