@@ -275,10 +275,7 @@ class PairedTrainer(GanTrainer):
                  network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False) -> None:
         _check_crop(options.crop, network.size_multiple)
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
-        # The seed's UNet upsamples with 2x2 transposed convolutions: tied, they cannot print a lattice.
-        self.tied_upsampling = network is CycleUNet
-        if self.tied_upsampling:
-            self.method_note = ", transposed-convolution phases tied (nearest upsampling + 1x1)"
+        self.method_note = ", transposed-convolution phases tied after every step (no 2-px lattice)"
         self.options = options
         source_files, target_files = image_files(source), image_files(target)
         target_by_stem = {path.stem: path for path in target_files}
@@ -303,8 +300,7 @@ class PairedTrainer(GanTrainer):
 
     def step(self) -> dict[str, float]:
         generator, critic = self.networks["generator"], self.networks["critic"]
-        if self.tied_upsampling:  # idempotent; covers weights that came from a checkpoint or --init
-            tie_upsampling_phases(generator)
+        tie_upsampling_phases(generator)  # idempotent; covers weights from a checkpoint or --init
         source, target = self._pairs(self.options.batch_size)
         fake = generator(source)
 
@@ -320,8 +316,7 @@ class PairedTrainer(GanTrainer):
         self.optimizers["generator"].zero_grad()
         (adversarial + self.loss_weights["L1"] * l1).backward()
         self.optimizers["generator"].step()
-        if self.tied_upsampling:
-            tie_upsampling_phases(generator)
+        tie_upsampling_phases(generator)
         critic.requires_grad_(True)
         return {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
 
