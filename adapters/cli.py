@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 
 from artchain.core.errors import ArtchainError, ImageError
@@ -174,16 +175,16 @@ class LocalRunner:
         from artchain.core.job import run_job
 
         with Progress(TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                      TimeElapsedColumn(), console=err, transient=True,
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
                       disable=not err.is_terminal) as bars:
             tasks: dict[int, int] = {}
 
             def show(status) -> None:
+                description = f"{job.name}: {status.step} ({status.step_index + 1}/{status.step_count})"
                 if status.step_index not in tasks:
-                    tasks[status.step_index] = bars.add_task(
-                        f"{job.name}: {status.step} ({status.step_index + 1}/{status.step_count})", total=1.0)
+                    tasks[status.step_index] = bars.add_task(description, total=1.0)
                 step_fraction = status.fraction * status.step_count - status.step_index
-                bars.update(tasks[status.step_index], completed=step_fraction)
+                bars.update(tasks[status.step_index], completed=step_fraction, description=description)
 
             return run_job(self.runtime.engine, job, show)
 

@@ -178,12 +178,13 @@ class Engine:
             self._check_runnable(step, target)
             self.model(step, target)
 
-    def model(self, step: Step, target: torch.device) -> Any:
-        """The step's model on `target`, from the cache or loaded once."""
+    def model(self, step: Step, target: torch.device, on_load: Callable[[], None] = lambda: None) -> Any:
+        """The step's model on `target`, from the cache or loaded once (`on_load` says so first)."""
         processor = self.processor(step)
         key = (step.name, processor.model_key(step.params), str(target))
         if key not in self.cache.keys():
             log.info("loading the model of %s on %s", step.name, target)
+            on_load()
         return self.cache.get(key, lambda: processor.load(step.params, self.store, target))
 
     def _decoded_files(self, step: Step, files: Mapping[FileKey, tuple[InputFile, ...]]) -> dict[str, Any]:
@@ -216,7 +217,9 @@ class Engine:
                 # one gets the contract's float.
                 batch = imageio.as_float(batch)
                 self._check_size(step, batch)
-                model = self.model(step, target)
+                # A first load can take seconds: the step shows up as loading meanwhile.
+                loading = _step_progress(progress, index, len(steps), f"{step.name} (loading the model)")
+                model = self.model(step, target, on_load=lambda: loading(0.0))
                 report = _step_progress(progress, index, len(steps), step.name)
                 context = StepContext(device=target, original_size=picture.size, progress=report,
                                       cancel=cancel, seed=self.config.seed)

@@ -230,3 +230,11 @@ def test_a_chain_that_would_grow_past_the_pixel_limit_is_refused_before_work(eng
                      env=isolated_env)
     assert result.returncode == 1 and "over the limit of 50000000 pixels" in result.stderr
     assert not (tmp_path / "big.png").exists()
+
+
+def test_a_first_load_is_reported_as_such(engine):
+    names = []
+    plan = engine.check("tint:amount=0.75")
+    for _ in range(2):
+        engine.execute(plan, from_pil(grey(), engine.config.limits), progress=lambda i, n, name, f: names.append(name))
+    assert names.count("tint (loading the model)") == 1 and names[-1] == "tint"
