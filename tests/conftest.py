@@ -45,28 +45,33 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    """A real redis-server of the test's own on 127.0.0.1 (skips, saying so, where it is missing)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
-    port = free_port()
+def start_redis(port: int, folder: Path, append_only: bool = False) -> subprocess.Popen:
+    """A real redis-server on 127.0.0.1:`port`, answering PING before this returns."""
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--appendonly", "yes" if append_only else "no", "--appendfsync", "always",
+                               "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
                 connection.sendall(b"PING\r\n")
                 if connection.recv(16).startswith(b"+PONG"):
-                    break
+                    return server
         except OSError:
             pass
         if time.monotonic() > deadline:
             server.kill()
             pytest.fail("redis-server did not start")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A real redis-server of the test's own on 127.0.0.1 (skips, saying so, where it is missing)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    server = start_redis(port, tmp_path)
     yield f"redis://127.0.0.1:{port}/0"
     server.terminate()
     server.wait(timeout=10)

@@ -7,8 +7,6 @@ import io
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import time
 
 import pytest
@@ -19,7 +17,7 @@ from artchain.core.chain import StepSpec, parse_steps
 from artchain.core.errors import ImageError
 from artchain.core.job import InputFile, Job
 from artchain.runtime import Runtime, load_settings
-from conftest import free_port
+from conftest import free_port, start_redis
 from support import run_cli, start_worker, wait_for_text
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
@@ -140,31 +138,12 @@ def test_a_bad_job_fails_for_good_and_a_style_image_travels_with_its_job(tmp_pat
         worker.wait(timeout=30)
 
 
-def start_redis(port: int, folder: Path) -> subprocess.Popen:
-    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "yes", "--appendfsync", "always", "--dir", str(folder)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-                connection.sendall(b"PING\r\n")
-                if connection.recv(16).startswith(b"+PONG"):
-                    return server
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            server.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_a_broker_restart_loses_no_job(tmp_path, isolated_env):
     """Redis stopped and started again (append-only file on, as in deploy/compose.yaml) while three
     clients wait on twelve jobs: every client gets its own result, nothing fails."""
     port = free_port()
-    redis = start_redis(port, tmp_path)
+    redis = start_redis(port, tmp_path, append_only=True)
     config = tmp_path / "queue.yaml"
     config.write_text(yaml.safe_dump({"device": "cpu", "queue": {
         "broker_url": f"redis://127.0.0.1:{port}/0", "name": "restart", "visibility_timeout": 30,
@@ -181,7 +160,7 @@ def test_a_broker_restart_loses_no_job(tmp_path, isolated_env):
             redis.terminate()
             await asyncio.to_thread(redis.wait, 10)
             await asyncio.sleep(2)
-            restarted = await asyncio.to_thread(start_redis, port, tmp_path)
+            restarted = await asyncio.to_thread(start_redis, port, tmp_path, True)
             try:
                 return await asyncio.gather(*jobs)
             finally:
