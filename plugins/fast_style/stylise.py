@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from artchain.core.imageio import Picture, to_tensor
 from artchain.core.imageops import crop_to, pad_to_multiple, resize
+from artchain.core.precision import resolve_precision
 from artchain.core.processor import StepContext
 from artchain.core.tiling import TileJob, plan_grid, tiled_apply
 
@@ -33,24 +32,6 @@ STATISTICS_SIDE = math.isqrt(MAX_WINDOW_PIXELS)
 class FastStyleModel:
     networks: StyleNetworks
     dtype: torch.dtype
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), float16 on CUDA, float32
-    elsewhere. The norms' statistics stay float32 (see NormStatistics.normalise); measured on a
-    2-core AVX512-BF16 CPU (benchmarks/fast_style.py): bf16 is 1.5-2x faster than float32 at
-    46-48 dB PSNR against it."""
-    if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:  # not Linux: no way to tell cheaply, and float32 is always right
-        return False
-    return re.search(r"^flags\s*:.*\b(avx512_bf16|amx_bf16)\b", flags, re.MULTILINE) is not None
 
 
 def style_batch(pictures: tuple[Picture, ...], device: torch.device) -> torch.Tensor:
@@ -104,7 +85,9 @@ def stylise(model: FastStyleModel, content: torch.Tensor, style: torch.Tensor, c
 
 
 def load_model(store, device: torch.device) -> FastStyleModel:
-    dtype = compute_dtype(device)
+    # Measured on a 2-core AVX512-BF16 CPU (benchmarks/fast_style.py): bf16 is 1.5-2x faster than
+    # float32 at 46-48 dB PSNR against it; the norms' statistics stay float32 (NormStatistics).
+    dtype = resolve_precision("auto", device, frozenset({torch.bfloat16, torch.float16}), who="fast-style")
     networks = build_networks(store.load(WEIGHT_ID), device)
     # channels_last: with 3 to 32 channels oneDNN's convolutions run faster in it (the whole
     # transformer up to 1.4x, measured in both dtypes). The predictor runs once per style at 256x256 and stays float32.
