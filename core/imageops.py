@@ -41,3 +41,13 @@ def fit_short_side(height: int, width: int, short_side: int) -> tuple[int, int]:
     """The (H, W) with the given short side and the same aspect ratio."""
     scale = short_side / min(height, width)
     return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def preserve_colour(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Gatys et al. (2016)'s luminance-only transfer: the result's Y with the content's Cb and Cr
+    (the style steps' `preserve_colour`)."""
+    from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
+
+    luma = rgb_to_ycbcr(result)[:, :1]
+    chroma = rgb_to_ycbcr(content)[:, 1:]
+    return ycbcr_to_rgb(torch.cat([luma, chroma], dim=1)).clamp(0.0, 1.0)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from artchain.core.imageio import Picture, to_tensor
-from artchain.core.imageops import crop_to, pad_to_multiple, resize
+from artchain.core.imageops import crop_to, pad_to_multiple, preserve_colour, resize
 from artchain.core.precision import resolve_precision
 from artchain.core.processor import StepContext
 from artchain.core.tiling import TileJob, plan_grid, tiled_apply
@@ -109,7 +109,5 @@ def run_step(batch: torch.Tensor, model: FastStyleModel, params: dict[str, Any],
     ctx.cancel.check()
     result = resize(stylise(model, content, style, ctx), height, width)
     if params["preserve_colour"]:
-        from artchain.plugins.nst.transfer import preserve_colour
-
         result = preserve_colour(result, batch)
     return result

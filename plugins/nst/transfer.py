@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_ycbcr, ycbcr_to_rgb
 
 from artchain.core.errors import ImageError
 from artchain.core.imageio import to_tensor
-from artchain.core.imageops import resize
+from artchain.core.imageops import preserve_colour, resize
 from artchain.core.processor import StepContext
 
 from .backbones import FeatureNet
@@ -215,13 +214,6 @@ def _plateaued(losses: list[float], tolerance: float) -> bool:
         return False
     before, now = losses[-PLATEAU_WINDOW - 1], losses[-1]
     return before - now < tolerance * abs(before)
-
-
-def preserve_colour(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
-    """Gatys et al. (2016)'s luminance-only transfer: the result's Y with the content's Cb and Cr."""
-    luma = rgb_to_ycbcr(result)[:, :1]
-    chroma = rgb_to_ycbcr(content)[:, 1:]
-    return ycbcr_to_rgb(torch.cat([luma, chroma], dim=1)).clamp(0.0, 1.0)
 
 
 def _layer_list(text: str) -> tuple[str, ...]:

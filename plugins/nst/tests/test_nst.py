@@ -23,19 +23,19 @@ from artchain.core.config import Limits
 from artchain.core.engine import Engine
 from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.imageio import Picture, open_image, to_tensor
-from artchain.core.imageops import resize
+from artchain.core.imageops import preserve_colour, resize
 from artchain.core.job import InputFile
 from artchain.core.plugins import discover
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.weights import WeightStore
-from artchain.runtime import load_settings
 from artchain.plugins.nst import StyleModel, StyleTransfer
 from artchain.plugins.nst.backbones import (EfficientNetLite0Features, VGG19Features,
                                             derive_efficientnet_lite0, efficientnet_wheel_checkpoint,
                                             has_weights)
 from artchain.plugins.nst.start import load_fast_start
-from artchain.plugins.nst.transfer import (Objective, mirror_pad, preserve_colour, scale_sizes,
+from artchain.plugins.nst.transfer import (Objective, mirror_pad, scale_sizes,
                                            style_size_for, stylise, transfer_settings)
+from artchain.runtime import load_settings
 from support import SHARED, shared_file
 
 CPU = torch.device("cpu")
