@@ -14,14 +14,24 @@ import functools
 import logging
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ChainError
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISION_CHOICES = ("auto", *PRECISIONS)
+# Names, not dtypes, at import: a processor lists them as parameter choices without loading torch.
+PRECISION_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+PRECISION_CHOICES = ("auto", *PRECISION_NAMES)
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return getattr(torch, PRECISION_NAMES[name])
 # Flags Linux reports for native bf16 dot products: AVX-512 BF16 (Cooper Lake, Zen 4 and later)
 # and AMX (Sapphire Rapids and later); oneDNN uses both for bf16 convolutions and matmuls.
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -46,22 +56,26 @@ def cpu_flags() -> frozenset[str]:
 def cpu_has_fast_bf16() -> bool:
     """Whether bf16 convolutions and matmuls run natively on this CPU: torch dispatches its AVX-512
     kernels (it reports AVX512 or better) and the CPU has bf16 dot-product instructions."""
+    import torch
+
     capability = torch.backends.cpu.get_cpu_capability()
     return capability.startswith(("AVX512", "AMX")) and bool(cpu_flags() & BF16_CPU_FLAGS)
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return next(name for name, value in PRECISIONS.items() if value == dtype)
+    return next(name for name in PRECISION_NAMES if precision_dtype(name) == dtype)
 
 
 def resolve_precision(requested: str, device: torch.device, supported: frozenset[torch.dtype], *,
                       who: str) -> torch.dtype:
     """The dtype `who` (a step name, for messages) runs in on `device`. `supported` holds the
     reduced precisions its network tolerates (fp32 always works)."""
+    import torch
+
     if requested not in PRECISION_CHOICES:
         raise ChainError(f"{who}: precision must be one of {', '.join(PRECISION_CHOICES)}, got {requested!r}")
     if requested != "auto":
-        dtype = PRECISIONS[requested]
+        dtype = precision_dtype(requested)
         if dtype != torch.float32 and dtype not in supported:
             raise ChainError(f"{who}: this network does not support {requested}")
         log.info("%s: %s on %s (asked for)", who, requested, device)
@@ -72,6 +86,8 @@ def resolve_precision(requested: str, device: torch.device, supported: frozenset
 
 
 def _automatic(device: torch.device, supported: frozenset[torch.dtype]) -> tuple[torch.dtype, str]:
+    import torch
+
     if device.type == "cuda":
         if torch.float16 in supported:
             return torch.float16, "CUDA"
