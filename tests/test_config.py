@@ -9,7 +9,7 @@ from artchain.runtime import load_settings as load_config
 
 def test_bundled_config_is_valid_and_has_the_neon_preset():
     config = load_config(environ={})
-    assert config.presets["neon,upscale"] == "pix2pix-neon,esrgan,resize-back"
+    assert config.presets["neon,upscale"] == "pix2pix-neon:output=working,esrgan,resize-back"
     assert config.telegram.workers >= 1 and config.queue.name and config.executor == "local"
 
 
