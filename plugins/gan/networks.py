@@ -194,20 +194,47 @@ def _upsamplings(network: nn.Module) -> list[nn.ConvTranspose2d]:
             and module.stride == (2, 2) and module.kernel_size in ((2, 2), (4, 4))]
 
 
+# Widths the generators are built at (the seeds: 32 and 64); a file claiming more is refused before
+# anything is allocated (width 384 would need 5 GB, 1024 about 33 GB).
+MAX_WIDTH = 128
+_WIDTH_KEYS = {"CycleUNet": "enc_conv0.0.weight", "Pix2PixUNet": "initial_down.0.weight"}
+
+
 def _width_of(state: dict, key: str) -> int:
-    if key not in state:
+    tensor = state.get(key)
+    if not isinstance(tensor, torch.Tensor):
         raise WeightsError(f"not a GAN generator checkpoint: no {key!r} tensor")
-    return int(state[key].shape[0])
+    if tensor.dim() != 4:
+        raise WeightsError(f"not a GAN generator checkpoint: {key!r} has shape {list(tensor.shape)}")
+    width = int(tensor.shape[0])
+    if not 1 <= width <= MAX_WIDTH:
+        raise WeightsError(f"a generator of width {width} is outside 1..{MAX_WIDTH}; refused before building it")
+    return width
+
+
+def check_generator_state(state: dict, kind: type[CycleUNet] | type[Pix2PixUNet]) -> tuple[dict, int]:
+    """The generator's own state dict (a seed checkpoint's is nested) and its width, once every key
+    and shape is checked against the architecture built on the meta device (no memory used)."""
+    if isinstance(state.get(SEED_GENERATOR_KEY), dict):
+        state = state[SEED_GENERATOR_KEY]
+    width = _width_of(state, _WIDTH_KEYS[kind.__name__])
+    with torch.device("meta"):
+        expected = {key: tuple(value.shape) for key, value in kind(width).state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+    missing, unexpected = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    wrong = sorted(key for key in expected.keys() & found.keys() if expected[key] != found[key])
+    if missing or unexpected or wrong or len(found) != len(state):
+        detail = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected
+                  else f"{wrong[0]!r} is {list(found[wrong[0]])}, expected {list(expected[wrong[0]])}" if wrong
+                  else "non-tensor entries")
+        raise WeightsError(f"checkpoint does not fit the {kind.__name__} layout of width {width} ({detail})")
+    return state, width
 
 
 def generator_from_state_dict(state: dict, kind: type[CycleUNet] | type[Pix2PixUNet]) -> nn.Module:
     """Builds a float32 `kind` generator from a seed checkpoint or an artchain export, strictly."""
-    if isinstance(state.get(SEED_GENERATOR_KEY), dict):
-        state = state[SEED_GENERATOR_KEY]
-    if kind is CycleUNet:
-        model = CycleUNet(_width_of(state, "enc_conv0.0.weight"))
-    else:
-        model = Pix2PixUNet(_width_of(state, "initial_down.0.weight"))
+    state, width = check_generator_state(state, kind)
+    model = kind(width)
     state = {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
     try:
         model.load_state_dict(state, strict=True)

@@ -67,6 +67,11 @@ class GanStyle(Processor):
     needs = InputNeeds(min_side=MIN_SIDE)
     network_name = "CycleUNet"
 
+    def check_weights(self, weight_id: str, state: dict) -> None:
+        from . import networks
+
+        networks.check_generator_state(state, getattr(networks, self.network_name))
+
     def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
         from . import networks
 

@@ -1,6 +1,9 @@
 """Inference on pictures of any shape, the plugin's own weight format, and the registered hooks."""
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 import torch
 import typer
@@ -166,3 +169,33 @@ def test_an_extremely_elongated_image_is_refused_before_padding_blows_up():
     model = processor.load(params, WeightStore(), torch.device("cpu"))
     with pytest.raises(ImageError, match="too elongated"):
         processor.process(torch.rand(1, 3, 8, 20000), model, params, StepContext(torch.device("cpu"), (20000, 8)))
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({"enc_conv0.0.weight": torch.zeros(384, 3, 3, 3)}, "width 384 is outside 1..128; refused before building"),
+    ({"enc_conv0.0.weight": torch.tensor(1.0)}, "'enc_conv0.0.weight' has shape \\[\\]"),
+    ({"colour": torch.zeros(3)}, "no 'enc_conv0.0.weight' tensor"),
+    ({"enc_conv0.0.weight": torch.zeros(8, 3, 3, 3)}, "does not fit the CycleUNet layout of width 8 \\(missing"),
+])
+def test_hostile_or_foreign_weights_are_refused_at_import_without_building_anything(tmp_path, tensors, message):
+    from safetensors.torch import save_file
+
+    from support import run_cli
+
+    isolated_env = {**os.environ, "ARTCHAIN_WEIGHTS_DIR": str(tmp_path / "weights")}
+    poisoned = tmp_path / "poisoned.safetensors"
+    save_file(tensors, str(poisoned))
+    result = run_cli("weights", "import", poisoned, "--as", "cyclegan-cubism", env=isolated_env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert re.search(message, result.stderr), result.stderr
+    assert "imported" not in run_cli("weights", "list", env=isolated_env).stdout.split("cyclegan-cubism")[1][:40]
+
+
+def test_a_neon_file_imported_as_a_cubism_style_is_refused(tmp_path):
+    from support import REPO, run_cli
+
+    isolated_env = {**os.environ, "ARTCHAIN_WEIGHTS_DIR": str(tmp_path / "weights")}
+    result = run_cli("weights", "import", REPO / "weights" / "pix2pix-neon.safetensors", "--as", "cyclegan-cubism",
+                     env=isolated_env)
+    assert result.returncode == 1 and "not a GAN generator checkpoint: no 'enc_conv0.0.weight'" in result.stderr
