@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artchain.plugins.esrgan import build_model
+from artchain.plugins.esrgan.model import build_model
 from artchain.plugins.esrgan.ncnn_convert import derive_x4plus
 from support import shared_file
 

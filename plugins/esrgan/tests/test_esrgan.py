@@ -15,7 +15,9 @@ from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
-from artchain.plugins.esrgan import MB, EsrganProcessor, artchain_processors, build_model, plan_tiles, upscale
+from artchain.plugins.esrgan import MB, EsrganProcessor, artchain_processors
+from artchain.plugins.esrgan.model import build_model
+from artchain.plugins.esrgan.upscale import plan_tiles, upscale
 from support import shared_file
 
 from .conftest import photo, skimage_photo

@@ -10,7 +10,7 @@ import torch
 
 from artchain.core.errors import WeightsError
 from artchain.core.weights import WeightStore, sha256_of
-from artchain.plugins.esrgan import upscale
+from artchain.plugins.esrgan.upscale import upscale
 from artchain.plugins.esrgan.ncnn_convert import read_convolutions, rrdbnet_state_dict, wheel_model_files
 from .ncnn_runtime import NcnnUpscaler
 
