@@ -54,8 +54,9 @@ class StyleTransfer(Processor):
               "fast-style's one-pass rendering (needs the fast-style plugin and its weights); "
               "auto = fast where it can, else content", choices=(AUTO, INIT_CONTENT, INIT_FAST)),
         Param("size", int, 512, "longer side of the output in px", min=32, max=4096),
-        Param("steps", int, 60, "optimiser steps per scale", min=1, max=10000),
-        Param("scales", int, 1, "coarse-to-fine passes, each at twice the previous size", min=1, max=6),
+        Param("steps", int, 40, "optimiser steps per scale", min=1, max=10000),
+        Param("scales", int, 0, "coarse-to-fine passes, each at twice the previous size; 0 = 3 from "
+              "the photo, 1 from fast-style's rendering", min=0, max=6),
         Param("optimizer", str, "lbfgs", "lbfgs (as the seed) or adam", choices=("lbfgs", "adam")),
         Param("lr", float, 0.02, "Adam's learning rate (pixel values are 0..1)", min=0, max=1),
         Param("style_weight", float, 0.0, "0 = the backbone's default (VGG19: 1e6, as the seed; "

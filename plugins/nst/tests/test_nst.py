@@ -172,9 +172,9 @@ def test_the_style_shows_and_the_structure_reads_through(model, network):
 def test_borders_step_no_more_than_the_contents_own(start, request, pair):
     """No bands along the edges: the result's border step, over the outermost 6 px and over the
     outermost pixel line, stays within 5/255 of the content's own. Measured at 256 px on the seed's
-    pair from the photo (content: 12.2 and 5.1): 12.5 and 3.9; with the layers unbalanced as before
-    47 (6 px, at 192 px); without the mirrored margin 12.7 and 19.4 (a one-pixel line along the top).
-    From fast-style's rendering (itself 17.9 and 24.3): 16.4 and 9.1."""
+    pair (content: 12.2 and 5.1): from the photo 12.3 and 4.9, from fast-style's rendering (itself
+    17.9 and 24.3) 16.4 and 9.1. Without the mirrored margin 11.9 and 7.2 from the photo, 17.5 and
+    13.8 from the rendering; with the layers unbalanced as before, 47 over 6 px."""
     model = request.getfixturevalue("model" if start == "content" else "fast_model")
     content, style_file = pair
     result = run_step({"style": style_file, "size": 256, "steps": 30}, content, model)
