@@ -72,6 +72,11 @@ class EsrganProcessor(Processor):
     def required_weights(self, params: dict[str, Any]) -> tuple[str, ...]:
         return (params["weights"],)
 
+    def check_weights(self, weight_id: str, state: dict) -> None:
+        from .model import recognise
+
+        recognise(state)
+
     def output_size(self, params: dict[str, Any], size: tuple[int, int],
                     original_size: tuple[int, int]) -> tuple[int, int]:
         width, height = size

@@ -2,6 +2,7 @@
 precision it runs in, where it can be cut into stages, and the memory it needs per pixel."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ class RrdbStages:
     each dense block grows one concatenation instead of keeping its pieces beside it."""
 
     head: nn.Module
-    blocks: tuple[nn.Module, ...]
+    blocks: tuple[Callable[[torch.Tensor], torch.Tensor], ...]
     tail: nn.Module
     tail_context: int
 
@@ -43,7 +44,7 @@ class RrdbStages:
         for index, block in enumerate(self.blocks):
             if check_cancel:
                 check_cancel()
-            trunk = _residual_in_residual(block, trunk) if _is_plain_rrdb(block) else block(trunk)
+            trunk = block(trunk)
             if report:
                 report((index + 1) / (len(self.blocks) + 1))
         return trunk.add_(self.head(batch))
@@ -94,22 +95,31 @@ class LoadedModel:
         return batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
 
 
-def build_model(state_dict: dict, device: torch.device, precision: str = "auto") -> LoadedModel:
-    """Recognises the architecture of `state_dict` and returns it ready for inference on `device`."""
+def recognise(state_dict: dict):
+    """The spandrel descriptor of an RGB image-to-image network in `state_dict` (its tensors become
+    the network's, on the CPU: nothing larger than the file is allocated), or a WeightsError saying
+    what was found. `weights import --as esrgan` runs this before recording a file."""
     from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
 
     try:
         descriptor = ModelLoader().load_from_state_dict(state_dict)
     except UnsupportedModelError:
         raise WeightsError(f"esrgan: unknown checkpoint architecture ({_describe_keys(state_dict)})") from None
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError, ValueError, IndexError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"esrgan: the checkpoint does not fit its architecture ({reason})") from None
-    name = descriptor.architecture.name
     if not isinstance(descriptor, ImageModelDescriptor) or (descriptor.input_channels,
                                                               descriptor.output_channels) != (3, 3):
-        raise WeightsError(f"esrgan: the checkpoint is a {name} model with {descriptor.input_channels} "
-                           f"input / {descriptor.output_channels} output channels, not an RGB image model")
+        raise WeightsError(f"esrgan: the checkpoint is a {descriptor.architecture.name} model with "
+                           f"{descriptor.input_channels} input / {descriptor.output_channels} output "
+                           "channels, not an RGB image model")
+    return descriptor
+
+
+def build_model(state_dict: dict, device: torch.device, precision: str = "auto") -> LoadedModel:
+    """Recognises the architecture of `state_dict` and returns it ready for inference on `device`."""
+    descriptor = recognise(state_dict)
+    name = descriptor.architecture.name
     supported = frozenset(dtype for dtype, ok in ((torch.float16, descriptor.supports_half),
                                                   (torch.bfloat16, descriptor.supports_bfloat16)) if ok)
     dtype = resolve_precision(precision, device, supported, who="esrgan")
@@ -142,7 +152,9 @@ def split_rrdb(network: nn.Module) -> RrdbStages | None:
     context = tail_context(tail)
     if context is None:
         return None
-    return RrdbStages(head, tuple(blocks), nn.Sequential(*tail), context)
+    runners = tuple(functools.partial(_residual_in_residual, block) if _is_plain_rrdb(block) else block
+                    for block in blocks)
+    return RrdbStages(head, runners, nn.Sequential(*tail), context)
 
 
 def tail_context(modules: list[nn.Module]) -> int | None:

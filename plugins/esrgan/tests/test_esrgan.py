@@ -287,3 +287,14 @@ def test_max_side_shrinks_first(x4plus):
     image = torch.rand(1, 3, 20, 40)
     shrunk = EsrganProcessor().process(image, x4plus, EsrganProcessor.parse_params({"max_side": 10}), context)
     assert shrunk.shape == (1, 3, 20, 40)
+
+
+def test_weights_of_another_network_cannot_be_imported_as_esrgan(tmp_path):
+    import os
+
+    from support import REPO, run_cli
+
+    env = {**os.environ, "ARTCHAIN_WEIGHTS_DIR": str(tmp_path / "weights")}
+    result = run_cli("weights", "import", REPO / "weights" / "pix2pix-neon.safetensors", "--as", "esrgan", env=env)
+    assert result.returncode == 1 and "esrgan: unknown checkpoint architecture" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "weights" / "imported.yaml").exists()
