@@ -11,7 +11,7 @@ DEMO_OUTPUT := out/astronaut.neon-upscale.jpg
 
 demo: install weights
 	mkdir -p out
-	$(BIN)/artchain run neon,upscale $(DEMO_INPUT) -o $(DEMO_OUTPUT) --compare
+	$(BIN)/artchain run neon,upscale $(DEMO_INPUT) -o $(DEMO_OUTPUT) --compare --overwrite
 
 test: install
 	$(BIN)/python -m pytest
