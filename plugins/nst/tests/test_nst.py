@@ -33,8 +33,8 @@ from artchain.plugins.nst.backbones import (EfficientNetLite0Features, VGG19Feat
                                             derive_efficientnet_lite0, efficientnet_wheel_checkpoint,
                                             has_weights)
 from artchain.plugins.nst.start import load_fast_start
-from artchain.plugins.nst.transfer import (Objective, mirror_pad, scale_sizes,
-                                           style_size_for, stylise, transfer_settings)
+from artchain.plugins.nst.transfer import (Objective, mirror_pad, scale_sizes, style_size_for, stylise,
+                                           transfer_settings)
 from artchain.runtime import load_settings
 from support import SHARED, shared_file
 
