@@ -28,14 +28,14 @@ MB = 1024 * 1024
 WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
 # From `python benchmarks/esrgan.py --seams` on real photos (x4plus, bf16): with 32 px of context at
 # a seam, the tiled result is as close to one pass (PSNR 54-56 dB) as bf16 is to fp32 (55 dB), and
-# the seams do not show at 200 % zoom; 48 px would cost a 3840x2160 photo 1.20x instead of 1.14x.
+# the seams do not show at 200 % zoom; 48 px would cost a 3840x2160 photo 1.17x instead of 1.11x.
 DEFAULT_OVERLAP = 32
 MAX_OVERLAP = 64
-# Working memory for activations, on top of the input and the uint8 result. x4plus in bf16 needs
-# 896 bytes per pixel: a 768x512 photo runs whole, a 3840x2160 one in 18 tiles of 694x763 px that
-# compute 1.149x its pixels, and the process stays under 2 GB (`benchmarks/esrgan.py --rss-4k`;
-# 512 MB would compute 1.143x but take the process to 2.0 GB).
-DEFAULT_MEMORY_MB = 480
+# Working memory for activations, on top of the input and the uint8 result. x4plus needs 896 bytes
+# per pixel in bf16 and 1792 in fp32: a 768x512 photo runs whole in either, a 3840x2160 one in bf16
+# in 12 tiles of 1008x763 px that compute 1.11x its pixels, and the process peaks well under 2 GB
+# (`benchmarks/esrgan.py --rss-4k`: 1.54 GB at 480 MB, which computes 1.149x).
+DEFAULT_MEMORY_MB = 704
 # Enough for the smallest tiles of x4plus at MAX_OVERLAP in fp32; checked before any work.
 MIN_MEMORY_MB = 64
 # Both default ids hold x4 models; the planned output size (checked before any work) assumes it.

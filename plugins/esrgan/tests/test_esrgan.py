@@ -15,7 +15,7 @@ from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
-from artchain.plugins.esrgan import MB, EsrganProcessor, artchain_processors
+from artchain.plugins.esrgan import DEFAULT_MEMORY_MB, MB, EsrganProcessor, artchain_processors
 from artchain.plugins.esrgan.model import build_model
 from artchain.plugins.esrgan.upscale import plan_tiles, upscale
 from support import shared_file
@@ -142,8 +142,9 @@ def test_memory_per_pixel_is_measured_on_the_network(x4plus, x4plus_bf16):
 
 
 def test_a_photo_that_fits_runs_whole_and_a_large_one_gets_the_largest_tiles(x4plus, x4plus_bf16):
-    fits = plan_tiles(x4plus, 384, 384, memory_bytes=512 * MB)
-    assert fits.grid.count == 1 and fits.grid.overhead == 1.0
+    for model in (x4plus, x4plus_bf16):
+        fits = plan_tiles(model, 512, 768, memory_bytes=DEFAULT_MEMORY_MB * MB)
+        assert fits.grid.count == 1 and fits.grid.overhead == 1.0
     budget = 40 * MB
     grid = plan_tiles(x4plus, 300, 400, memory_bytes=budget).grid
     rows, columns = len(grid.rows), len(grid.columns)
@@ -153,7 +154,7 @@ def test_a_photo_that_fits_runs_whole_and_a_large_one_gets_the_largest_tiles(x4p
         if min(fewer_rows, fewer_columns) >= 1:
             larger = window_length(300, fewer_rows, 32) * window_length(400, fewer_columns, 32)
             assert larger * x4plus.costs.window > budget
-    four_k = plan_tiles(x4plus_bf16, 2160, 3840, memory_bytes=512 * MB)
+    four_k = plan_tiles(x4plus_bf16, 2160, 3840, memory_bytes=DEFAULT_MEMORY_MB * MB)
     assert four_k.grid.overhead <= 1.15
 
 
