@@ -51,7 +51,9 @@ def load_fast_start(init: str, store, device: torch.device) -> FastStart | None:
         return None
     if init == AUTO:
         processor = fast_style_processor()
-        if processor is None or not all(has_weights(store, weight_id) for weight_id in _weights_of(processor)):
+        if processor is None:
+            return None
+        if not all(has_weights(store, weight_id) for weight_id in _weights_of(processor)):
             return None
     else:
         processor = _required_fast_style()

@@ -51,7 +51,8 @@ def style_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def network():
-    return EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint()).eval().requires_grad_(False)
+    network = EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint())
+    return network.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ def test_adam_also_lowers_the_loss(style_file, network):
 
 
 def test_the_style_shows_and_the_structure_reads_through(model, network):
-    content_file, style_file = shared_file("seed-images", "content.png"), shared_file("seed-images", "style.png")
+    content_file = shared_file("seed-images", "content.png")
+    style_file = shared_file("seed-images", "style.png")
     content = to_tensor(open_image(content_file, Limits()).rgb)
     style = to_tensor(open_image(style_file, Limits()).rgb)
     progress = []
@@ -206,7 +208,8 @@ def test_init_fast_without_the_fast_style_plugin_is_one_line(tmp_path, style_fil
 
 def test_init_fast_without_its_weights_names_the_command_that_fetches_them(tmp_path, style_file):
     engine = make_engine(tmp_path)
-    with pytest.raises(WeightsError, match=r"weights 'fast-style' are missing: run `artchain weights pull fast-style`"):
+    missing = r"weights 'fast-style' are missing: run `artchain weights pull fast-style`"
+    with pytest.raises(WeightsError, match=missing):
         engine.run(f"nst:style={style_file}:init=fast:size=64", data_image(tmp_path))
     assert load_fast_start(nst.AUTO, engine.store, CPU) is None
 
@@ -214,7 +217,8 @@ def test_init_fast_without_its_weights_names_the_command_that_fetches_them(tmp_p
 def test_mirror_pad_reflects_beyond_the_images_own_size():
     row = torch.arange(3.0).view(1, 1, 1, 3)
     padded = mirror_pad(row.expand(1, 1, 3, 3), 4)
-    # ... x2 x2 x1 x0 | x0 x1 x2 | x2 x1 x0 | x0 ...: the edge pixel repeated, mirrored again past the far edge.
+    # ... x2 x2 x1 x0 | x0 x1 x2 | x2 x1 x0 | x0 ...: the edge pixel repeated, mirrored again past
+    # the far edge.
     assert padded[0, 0, 4].tolist() == [2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0]
     assert padded.shape[-2:] == (11, 11)
 
