@@ -42,6 +42,17 @@ CPU = torch.device("cpu")
 SEED_CONTENT, SEED_STYLE = SHARED / "seed-images" / "content.png", SHARED / "seed-images" / "style.png"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The optimisation runs thousands of small operations, and on cores shared with other processes
+    each parallel region waits for a descheduled thread: this file took 232 s on 2 threads and 26 s
+    on 1 at a load of 4 on 2 cores. Restored afterwards for the other tests of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def style_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("nst") / "coffee.png"
