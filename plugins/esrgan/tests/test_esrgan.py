@@ -202,7 +202,8 @@ def test_progress_moves_inside_a_single_tile_and_cancel_stops_between_blocks(x4p
     fractions = []
     image = torch.rand(1, 3, 8, 10, generator=torch.Generator().manual_seed(5))
     params = EsrganProcessor.parse_params({})
-    EsrganProcessor().process(image, x4plus, params, StepContext(torch.device("cpu"), (10, 8), progress=fractions.append))
+    EsrganProcessor().process(image, x4plus, params,
+                              StepContext(torch.device("cpu"), (10, 8), progress=fractions.append))
     assert len(fractions) == len(x4plus.stages.blocks) + 1 and fractions == sorted(fractions)
     assert fractions[-1] == 1.0
     token, reported = CancelToken(), []
