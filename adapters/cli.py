@@ -24,6 +24,9 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Plugin-based image-processing chains.")
 weights_app = typer.Typer(no_args_is_help=True, help="List, download, import and verify weight files.")
 app.add_typer(weights_app, name="weights")
+styles_app = typer.Typer(no_args_is_help=True, help="Add or remove styles of your own (a trained weight file "
+                         "under a name of its own).")
+app.add_typer(styles_app, name="styles")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -59,12 +62,14 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="config file merged over the bundled one (or ARTCHAIN_CONFIG)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log what happens")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
 ) -> None:
     _set_verbose(verbose)
-    State.config_path = config
+    State.config_path, State._runtime = config, None
+    ctx.obj = State.runtime  # plugin commands (e.g. `artchain train`) reach the runtime through it
 
 
 def _set_verbose(verbose: bool) -> None:
@@ -421,6 +426,37 @@ def weights_remove(
     except ArtchainError as exc:
         raise fail(str(exc)) from None
     out.print(f"{weight_id}: removed the file imported from {record.source}; now {store.status(weight_id).state}")
+
+
+@styles_app.command("add")
+def styles_add(
+    name: Annotated[str, typer.Argument(help="the step name it gets, e.g. monet")],
+    path: Annotated[Path, typer.Argument(help="its weight file (an `artchain train` export, or a seed's checkpoint)")],
+    network: Annotated[str, typer.Option(help="the network family that runs it: cyclegan or pix2pix")] = "cyclegan",
+    description: Annotated[str, typer.Option(help="what it looks like; shown in `artchain list` and the chat")] = "",
+) -> None:
+    """Import a weight file as a style of your own: `artchain run NAME photo.jpg` then works."""
+    from artchain.core.styles import install_style
+
+    runtime = State.runtime()
+    try:
+        style = install_style(runtime.store, runtime.registry, name, path, network, description,
+                              taken=runtime.config.presets)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{name}: a {network} style with weights {style.weights} (undo with `artchain styles remove {name}`)")
+
+
+@styles_app.command("remove")
+def styles_remove(name: Annotated[str, typer.Argument(help="a style you added")]) -> None:
+    """Undo `styles add` (or a training run's install): the name and its imported file go."""
+    from artchain.core.styles import remove_style
+
+    try:
+        style = remove_style(_store(), name)
+    except ArtchainError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{name}: removed, with its weights {style.weights}")
 
 
 @weights_app.command("verify")

@@ -54,9 +54,21 @@ class Runtime:
 
     @cached_property
     def registry(self):
+        """The installed plugins' processors, and a processor for each style of your own."""
         from artchain.core.plugins import discover
+        from artchain.core.styles import STYLES_FILE, add_styles, read_styles
 
-        return discover()
+        registry = discover()
+        presets = self.config.presets
+        add_styles(registry, self.config.styles, "config: styles", taken=presets)
+        add_styles(registry, read_styles(self.weights_dir), str(self.weights_dir / STYLES_FILE), taken=presets)
+        return registry
+
+    @cached_property
+    def weights_dir(self) -> Path:
+        from artchain.core.weights import default_weights_dir
+
+        return self.config.weights_dir or default_weights_dir()
 
     @cached_property
     def parser(self):
@@ -68,7 +80,7 @@ class Runtime:
     def store(self):
         from artchain.core.weights import WeightStore, plugin_entries
 
-        return WeightStore(self.config.weights_dir, entries=plugin_entries(self.registry.weight_manifests()))
+        return WeightStore(self.weights_dir, entries=plugin_entries(self.registry.weight_manifests()))
 
     @property
     def engine(self):

@@ -43,6 +43,14 @@ class Output(Section):
     keep_metadata: bool = False
 
 
+class StyleSettings(Section):
+    """A style of your own: a weight file that a style processor's network runs, under its own name."""
+
+    network: str = Field(min_length=1)  # a processor's `style_network`, e.g. cyclegan or pix2pix
+    weights: str = Field(min_length=1)  # the weight id holding the file
+    description: str = ""
+
+
 class Config(Section):
     device: str = "auto"
     weights_dir: Path | None = None
@@ -53,6 +61,7 @@ class Config(Section):
     output: Output = Output()
     aliases: dict[str, str] = {}  # the user's own; processors declare theirs
     presets: dict[str, str] = {}
+    styles: dict[str, StyleSettings] = {}  # also read from the weights directory's styles.yaml
 
     @field_validator("device")
     @classmethod
@@ -75,7 +84,7 @@ def bundled_config_text() -> str:
     return resources.files("artchain").joinpath("config.yaml").read_text(encoding="utf-8")
 
 
-def _read_yaml(text: str, origin: str) -> dict[str, Any]:
+def read_yaml_mapping(text: str, origin: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -118,7 +127,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     """Loads and validates the configuration; errors name the offending key."""
     sections = tuple(sections)
     environ = os.environ if environ is None else environ
-    data = _read_yaml(bundled_config_text(), "bundled config.yaml")
+    data = read_yaml_mapping(bundled_config_text(), "bundled config.yaml")
     path = path or environ.get(CONFIG_ENV)
     origin = "bundled config.yaml"
     if path:
@@ -130,7 +139,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file in UTF-8") from None
-        data = _merge(data, _read_yaml(text, origin))
+        data = _merge(data, read_yaml_mapping(text, origin))
     overrides = {**ENV_OVERRIDES, **{k: v for section in sections for k, v in section.env.items()}}
     for variable, dotted in overrides.items():
         if environ.get(variable):

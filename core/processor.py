@@ -159,6 +159,10 @@ class Processor:
     needs: ClassVar[InputNeeds] = InputNeeds()
     weights: ClassVar[tuple[str, ...]] = ()  # weight ids (in its plugin's weights.yaml) it may load
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    # The network family whose weight files this processor runs as a style (e.g. "cyclegan"): a
+    # style of your own (core.styles) becomes a processor of its own, a subclass with other weights.
+    style_network: ClassVar[str | None] = None
+    own_style: ClassVar[bool] = False  # set on the processors made from such a style
 
     def model_key(self, params: dict[str, Any]) -> tuple:
         """Parameters that change what `load` builds (e.g. which weight set); part of the cache key."""

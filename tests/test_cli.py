@@ -108,7 +108,6 @@ def test_unreadable_input(tmp_path, photo, isolated_env, monkeypatch):
     locked = tmp_path / "locked.png"
     Image.open(photo).save(locked)
     monkeypatch.setattr(Path, "read_bytes", refuse)
-    cli.State._engine = None
     result = CliRunner().invoke(cli.app, ["run", "resize:width=32", str(locked), str(photo), "--out-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "locked.png: cannot read (Permission denied)" in result.output

@@ -69,7 +69,9 @@ class ChainMenu:
 
     def __init__(self, parser: ChainParser, chains: list[str], presets: list[str]) -> None:
         wanted = chains or sorted(parser.registry.processors)
-        options = (_option(parser, text) for text in dict.fromkeys([*wanted, *presets]))  # keeps order
+        # Styles of your own (`artchain styles add`, `artchain train`) always get a button.
+        own_styles = sorted(name for name, processor in parser.registry.processors.items() if processor.own_style)
+        options = (_option(parser, text) for text in dict.fromkeys([*wanted, *presets, *own_styles]))  # keeps order
         self.options = tuple(option for option in options if option is not None)
 
     def get(self, index: int) -> ChainOption | None:

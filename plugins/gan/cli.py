@@ -21,20 +21,52 @@ _COMMON = {
                                            "made at the working resolution) instead of scaling them to the crop."),
     "init": typer.Option(None, help="Start from this generator export or run checkpoint.pt (same network "
                                     "and width) instead of random weights, e.g. another style's."),
+    "install": typer.Option(True, help="At the end, install the export as a style of your own under its "
+                                       "name (`artchain run NAME photo.jpg`); a built-in style is never replaced."),
+    "description": typer.Option("", help="What the style looks like, for `artchain list` and the chat."),
 }
 
 
-def _run(trainer_factory, options, pairs_folder: Path | None = None) -> None:
-    """`pairs_folder`: where `artchain train pairs` wrote the data, whose record joins the provenance."""
+def _install_plan(ctx: typer.Context, name: str, weight_id: str) -> bool:
+    """Whether the export can become the style `name`; checked before training, not hours after."""
     from artchain.core.errors import ArtchainError
+    from artchain.core.styles import check_style_name
+
+    runtime = ctx.obj()
+    try:
+        if weight_id in runtime.store.entries:
+            typer.echo(f"{weight_id} is a built-in style's weight id: the export will not be installed "
+                       f"(to use it instead: artchain weights import EXPORT --as {weight_id})")
+            return False
+        check_style_name(runtime.registry, name, runtime.config.presets, replacing=True)
+    except ArtchainError as exc:
+        typer.echo(f"error: {exc} (or train with --no-install)", err=True)
+        raise typer.Exit(2) from None
+    return True
+
+
+def _run(ctx: typer.Context, trainer_factory, options, style: tuple[str, str, str, bool],
+         pairs_folder: Path | None = None) -> None:
+    """`style`: (name, network, description, install); `pairs_folder`: where `artchain train pairs`
+    wrote the data, whose record joins the provenance."""
+    from artchain.core.errors import ArtchainError
+    from artchain.core.styles import install_style
 
     from .pairs import pairs_note
     from .training import seeded_generator, train
 
+    name, network, description, install = style
+    install = install and _install_plan(ctx, name, options.weight_id)
     try:
         if pairs_folder is not None:
             options.data_note = " ".join(filter(None, (pairs_note(pairs_folder), options.data_note)))
-        train(trainer_factory(seeded_generator(options.seed)), options)
+        result = train(trainer_factory(seeded_generator(options.seed)), options)
+        if install:
+            runtime = ctx.obj()
+            install_style(runtime.store, runtime.registry, name, result.export, network, description,
+                          weight_id=options.weight_id, taken=runtime.config.presets)
+            typer.echo(f"installed as the style {name!r}: artchain run {name} PHOTO "
+                       f"(undo: artchain styles remove {name})")
     except ArtchainError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -42,6 +74,7 @@ def _run(trainer_factory, options, pairs_folder: Path | None = None) -> None:
 
 @train_app.command()
 def cyclegan(
+    ctx: typer.Context,
     photos: Path = typer.Option(..., help="Folder of photos (domain the generator reads)."),
     paintings: Path = typer.Option(..., help="Folder of paintings in the style (unpaired)."),
     style: str = typer.Option(..., help="Style name; the weights are exported as cyclegan-STYLE."),
@@ -54,7 +87,7 @@ def cyclegan(
     lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
     checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
     export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
-    init: Path = _COMMON["init"],
+    init: Path = _COMMON["init"], install: bool = _COMMON["install"], description: str = _COMMON["description"],
 ) -> None:
     """CycleGAN: photos -> paintings, unpaired (resumes from OUT/checkpoint.pt when present)."""
     from .training import CycleGanTrainer, TrainOptions
@@ -62,12 +95,13 @@ def cyclegan(
     weight_id = f"cyclegan-{style}"
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
                            lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(lambda generator: CycleGanTrainer(photos, paintings, options, generator, cycle_weight, identity_weight),
-         options)
+    _run(ctx, lambda generator: CycleGanTrainer(photos, paintings, options, generator, cycle_weight, identity_weight),
+         options, (style, "cyclegan", description, install))
 
 
 @train_app.command()
 def pix2pix(
+    ctx: typer.Context,
     source: Path = typer.Option(..., help="Folder of input images."),
     target: Path = typer.Option(..., help="Folder of target images; pairs are matched by file name."),
     name: str = typer.Option("neon", help="Style name; the weights are exported as pix2pix-NAME."),
@@ -81,6 +115,7 @@ def pix2pix(
     checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
     export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
     init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
+    install: bool = _COMMON["install"], description: str = _COMMON["description"],
 ) -> None:
     """pix2pix: paired source -> target (resumes from OUT/checkpoint.pt when present)."""
     from .training import PairedTrainer, TrainOptions
@@ -88,13 +123,14 @@ def pix2pix(
     weight_id = f"pix2pix-{name}"
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
                            lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale,
-                                         keep_scale=keep_scale),
-         options, source.parent)
+    _run(ctx, lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale,
+                                              keep_scale=keep_scale),
+         options, (name, "pix2pix", description, install), source.parent)
 
 
 @train_app.command()
 def paired(
+    ctx: typer.Context,
     source: Path = typer.Option(..., help="Folder of photos (e.g. PAIRS/cubism/source from `train pairs`)."),
     target: Path = typer.Option(..., help="Folder of their styled versions; pairs are matched by file name."),
     style: str = typer.Option(..., help="Style name; the weights are exported as cyclegan-STYLE."),
@@ -107,6 +143,7 @@ def paired(
     checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
     export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
     init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
+    install: bool = _COMMON["install"], description: str = _COMMON["description"],
 ) -> None:
     """The seed's CycleGAN generator trained on pairs with pix2pix's objective (resumes when it can)."""
     from .networks import CycleUNet
@@ -115,8 +152,9 @@ def paired(
     weight_id = f"cyclegan-{style}"
     options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
                            lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale_source=False,
-                                         network=CycleUNet, keep_scale=keep_scale), options, source.parent)
+    _run(ctx, lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale_source=False,
+                                              network=CycleUNet, keep_scale=keep_scale),
+         options, (style, "cyclegan", description, install), source.parent)
 
 
 @train_app.command()

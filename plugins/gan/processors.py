@@ -121,6 +121,7 @@ class GanStyle(Processor):
 
 class _CycleGanStyle(GanStyle):
     params = (_size_param(320), OUTPUT_PARAM)
+    style_network = "cyclegan"
 
 
 class CycleGanCubism(_CycleGanStyle):
@@ -150,6 +151,7 @@ class Pix2PixNeon(GanStyle):
     description = "pix2pix neon glow: the photo in grayscale, lit in glowing neon colours"
     weights = ("pix2pix-neon",)
     network_name = "Pix2PixUNet"
+    style_network = "pix2pix"
     params = (
         _size_param(256),
         OUTPUT_PARAM,

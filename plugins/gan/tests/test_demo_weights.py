@@ -4,7 +4,6 @@ outlines, prints no 2-pixel lattice, keeps the input's size, and the four styles
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch

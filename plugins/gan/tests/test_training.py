@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 import torch
-import typer
 import yaml
 from PIL import Image
 from rich.console import Console
@@ -14,8 +14,7 @@ from typer.testing import CliRunner
 
 from artchain.core.processor import StepContext
 from artchain.core.weights import WeightStore
-from artchain.plugins import gan
-from artchain.plugins.gan.processors import CycleGanCubism, Pix2PixNeon
+from artchain.plugins.gan.processors import CycleGanCubism
 from artchain.plugins.gan.training import (CycleGanTrainer, PairedTrainer, TrainingError, TrainOptions,
                                            seeded_generator, train)
 
@@ -75,32 +74,39 @@ def test_cyclegan_training_lowers_cycle_loss_resumes_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_pix2pix_training_lowers_l1_and_exports_through_the_cli(tmp_path):
+def test_pix2pix_training_through_the_cli_installs_a_style_of_its_own(tmp_path, monkeypatch):
+    from artchain.adapters import cli
+
+    monkeypatch.setenv("ARTCHAIN_WEIGHTS_DIR", str(tmp_path / "weights"))
+    monkeypatch.delenv("ARTCHAIN_CONFIG", raising=False)
     write_images(tmp_path / "source", 256, 4)
     write_images(tmp_path / "target", 256, 4, transform=lambda image: image.mean(-1, keepdims=True) ** 2
                  * np.array([1.0, 0.3, 0.9]))
-    app = typer.Typer()
-
-    @app.callback()
-    def root() -> None:
-        pass
-
-    gan.artchain_cli(app)
-    result = CliRunner().invoke(app, [
+    cli._load_plugin_commands()
+    result = CliRunner().invoke(cli.app, [
         "train", "pix2pix", "--source", str(tmp_path / "source"), "--target", str(tmp_path / "target"),
-        "--out", str(tmp_path / "run"), "--width", "4", "--iterations", "30", "--lr", "1e-3",
-        "--sample-every", "30"])
+        "--name", "poster", "--description", "purple posters", "--out", str(tmp_path / "run"),
+        "--width", "4", "--iterations", "30", "--lr", "1e-3", "--sample-every", "30"])
     assert result.exit_code == 0, result.output
-    assert "id: pix2pix-neon" in result.output and "sha256:" in result.output
+    assert "id: pix2pix-poster" in result.output and "sha256:" in result.output
+    assert "installed as the style 'poster'" in result.output
 
-    export = tmp_path / "run" / "pix2pix-neon.safetensors"
-    entry = yaml.safe_load((tmp_path / "run" / "manifest-entry.yaml").read_text())[0]
-    store = WeightStore(directory=export.parent, manifest_text=yaml.safe_dump({"weights": [entry]}))
-    processor = Pix2PixNeon()
-    params = processor.parse_params({"size": 64})
-    model = processor.load(params, store, CPU)
-    out = processor.process(torch.rand(1, 3, 50, 70), model, params, StepContext(CPU, (70, 50)))
-    assert out.shape == (1, 3, 50, 70) and torch.isfinite(out).all()
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((50, 70, 3), 120, np.uint8)).save(photo)
+    styled = CliRunner().invoke(cli.app, ["run", "poster", str(photo), "-o", str(tmp_path / "poster.png")])
+    assert styled.exit_code == 0, styled.output
+    assert Image.open(tmp_path / "poster.png").size == (70, 50)
+    listed = CliRunner().invoke(cli.app, ["list", "--json"])
+    assert {"name": "poster", "description": "purple posters"}.items() <= next(
+        row for row in json.loads(listed.output)["processors"] if row["name"] == "poster").items()
+
+    # The built-in neon is never replaced: its weight id is refused before any training.
+    builtin = CliRunner().invoke(cli.app, [
+        "train", "pix2pix", "--source", str(tmp_path / "source"), "--target", str(tmp_path / "target"),
+        "--out", str(tmp_path / "neon-run"), "--width", "4", "--iterations", "1"])
+    assert builtin.exit_code == 0, builtin.output
+    assert "pix2pix-neon is a built-in style's weight id: the export will not be installed" in builtin.output
+    assert "installed as the style" not in builtin.output
 
 
 def test_pix2pix_l1_falls_on_a_learnable_mapping(tmp_path):
