@@ -80,20 +80,29 @@ class Naming:
 
 
 def is_own_output(source: Path, naming: Naming) -> bool:
-    return source.stem.endswith(naming.marker())
+    return source.stem.removesuffix(COMPARISON).endswith(naming.marker())
+
+
+COMPARISON = ".compare"
 
 
 @dataclass(frozen=True)
 class Planned:
     source: Path
     destination: Path
+    comparison: Path | None = None  # input and output side by side (--compare)
+
+    @property
+    def written(self) -> tuple[Path, ...]:
+        return (self.destination,) if self.comparison is None else (self.destination, self.comparison)
 
 
 def plan(inputs: list[Path], naming: Naming, overwrite: bool, skip_existing: bool,
-         from_folder_or_glob: bool) -> tuple[list[Planned], list[Planned], list[Path]]:
+         from_folder_or_glob: bool, compare: bool = False) -> tuple[list[Planned], list[Planned], list[Path]]:
     """(to run, to skip because their output exists, inputs left out as artchain's own outputs).
     Raises BatchError for what no flag can make safe (an output that is an input) and for an
-    existing output when neither --overwrite nor --skip-existing was given."""
+    existing output when neither --overwrite nor --skip-existing was given. With `compare`, the
+    side-by-side file (NAME.CHAIN.compare.EXT) counts as an output too."""
     left_out = [p for p in inputs if from_folder_or_glob and is_own_output(p, naming)]
     inputs = [p for p in inputs if p not in left_out]
     sources = {p.resolve() for p in inputs}
@@ -101,17 +110,21 @@ def plan(inputs: list[Path], naming: Naming, overwrite: bool, skip_existing: boo
     runs, skips = [], []
     for source in inputs:
         destination = _distinct(naming.destination(source), taken)
-        taken.add(destination.resolve())
-        if destination.resolve() in sources:
-            raise BatchError(f"{destination}: the output would replace an input; choose another -o, --out-dir "
-                             "or --suffix")
-        if destination.exists() and not overwrite:
+        comparison = destination.with_name(f"{destination.stem}{COMPARISON}{destination.suffix}") if compare else None
+        planned = Planned(source, destination, comparison)
+        taken.update(path.resolve() for path in planned.written)
+        for path in planned.written:
+            if path.resolve() in sources:
+                raise BatchError(f"{path}: the output would replace an input; choose another -o, --out-dir "
+                                 "or --suffix")
+        existing = [path for path in planned.written if path.exists()]
+        if existing and not overwrite:
             if not skip_existing:
-                raise BatchError(f"{destination} exists; pass --overwrite to replace it or --skip-existing "
+                raise BatchError(f"{existing[0]} exists; pass --overwrite to replace it or --skip-existing "
                                  "to leave it")
-            skips.append(Planned(source, destination))
+            skips.append(planned)
             continue
-        runs.append(Planned(source, destination))
+        runs.append(planned)
     return runs, skips, left_out
 
 

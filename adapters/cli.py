@@ -119,7 +119,8 @@ def run(
     many = len(inputs) > 1 or any(path.is_dir() for path in inputs)  # a folder or a glob
     try:
         naming = batch.Naming(chain, out_dir, output, suffix, ext)
-        runs, skips, left_out = batch.plan(sources, naming, overwrite, skip_existing, from_folder_or_glob=many)
+        runs, skips, left_out = batch.plan(sources, naming, overwrite, skip_existing, from_folder_or_glob=many,
+                                           compare=compare)
     except batch.BatchError as exc:
         raise fail(str(exc)) from None
     runtime = State.runtime()
@@ -141,7 +142,7 @@ def run(
     failures = 0
     for planned in runs:
         try:
-            _run_one(runtime, runner, chain_checked, files, planned.source, planned.destination, compare)
+            _run_one(runtime, runner, chain_checked, files, planned)
         except ArtchainError as exc:
             failures += 1
             err.print(f"[red]failed:[/red] {escape(str(exc))}", soft_wrap=True)
@@ -216,11 +217,12 @@ class RemoteRunner:
         return asyncio.run(self.executor.submit(job))
 
 
-def _run_one(runtime: Runtime, runner, chain, files, source: Path, destination: Path, compare: bool) -> None:
+def _run_one(runtime: Runtime, runner, chain, files, planned) -> None:
     from artchain.core import imageio
     from artchain.core.files import write_atomically
     from artchain.core.job import Job, read_file
 
+    source, destination = planned.source, planned.destination
     output_format = imageio.output_format(destination)
     limits = runtime.config.limits
     job = Job(runtime.parser.steps_of(chain.text), read_file(source, limits.max_bytes), files,
@@ -233,8 +235,8 @@ def _run_one(runtime: Runtime, runner, chain, files, source: Path, destination: 
     steps = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in result.step_seconds)
     width, height = result.size
     out.print(f"{source} -> {destination} ({width}x{height}; {steps})", soft_wrap=True)
-    if compare:
-        side_by_side = destination.with_name(f"{destination.stem}.compare{destination.suffix}")
+    if planned.comparison is not None:
+        side_by_side = planned.comparison
         before = imageio.decode_image(job.image.data, limits, job.name).rgb
         after = imageio.decode_image(result.image, limits, str(destination)).rgb
         imageio.save_image(imageio.side_by_side(before, after), side_by_side, runtime.config.output)

@@ -64,6 +64,12 @@ def test_output_options(tmp_path, photo, isolated_env):
     assert Image.open(target).format == "WEBP" and Image.open(target).width == 64
     assert Image.open(tmp_path / "out.compare.webp").width > 64
     assert "resize:width=64" in result.stdout
+    # The side-by-side file is an output like the other: not replaced unless asked, even alone.
+    target.unlink()
+    kept = (tmp_path / "out.compare.webp").read_bytes()
+    again = run_cli("run", "resize:width=32", photo, "-o", target, "--compare", env=isolated_env)
+    assert again.returncode == 2 and "out.compare.webp exists; pass --overwrite" in again.stderr
+    assert (tmp_path / "out.compare.webp").read_bytes() == kept and not target.exists()
     results = tmp_path / "new" / "results"
     result = run_cli("run", "resize:width=64", photo, "--out-dir", results, env=isolated_env)
     assert result.returncode == 0, result.stderr
