@@ -272,7 +272,8 @@ class PairedTrainer(GanTrainer):
 
     def __init__(self, source: Path, target: Path, options: TrainOptions, generator: torch.Generator,
                  l1_weight: float = 100.0, grayscale_source: bool = True,
-                 network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False) -> None:
+                 network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False,
+                 features: "FeatureLoss | None" = None) -> None:
         _check_crop(options.crop, network.size_multiple)
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
         self.method_note = ", transposed-convolution phases tied after every step (no 2-px lattice)"
@@ -290,6 +291,10 @@ class PairedTrainer(GanTrainer):
                            "critic": _adam(self.networks["critic"], lr=options.lr)}
         self.grayscale_source = grayscale_source
         self.loss_weights = {"L1": l1_weight}
+        self.features = features
+        if features is not None:
+            self.loss_weights["feature"] = features.weight
+            self.method_note += f", feature loss on {features.name}"
         self.preview = self._pairs(4)
 
     def _pairs(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,12 +318,18 @@ class PairedTrainer(GanTrainer):
         critic.requires_grad_(False)
         adversarial = _bce(critic(torch.cat([source, fake], 1)), True)
         l1 = F.l1_loss(fake, target)
+        generator_loss = adversarial + self.loss_weights["L1"] * l1
+        losses = {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
+        if self.features is not None:
+            feature = self.features(fake, target)
+            generator_loss = generator_loss + self.features.weight * feature
+            losses["feat"] = feature.item()
         self.optimizers["generator"].zero_grad()
-        (adversarial + self.loss_weights["L1"] * l1).backward()
+        generator_loss.backward()
         self.optimizers["generator"].step()
         tie_upsampling_phases(generator)
         critic.requires_grad_(True)
-        return {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
+        return losses
 
     def sample_grid(self) -> torch.Tensor:
         """Rows: sources, generated images, targets (the generator in training mode, as it runs)."""
@@ -328,6 +339,24 @@ class PairedTrainer(GanTrainer):
 
     def generator(self) -> nn.Module:
         return self.networks["generator"]
+
+
+class FeatureLoss:
+    """L1 between a frozen ImageNet network's activations of the generated image and of the target,
+    per layer relative to the target's mean activation. L1 on pixels alone regresses to the mean of
+    what the target could be and blurs the teacher's strokes; matching the activations that respond
+    to strokes and edges keeps them."""
+
+    def __init__(self, network: nn.Module, layers: tuple[str, ...], weight: float, name: str) -> None:
+        self.network, self.layers, self.weight, self.name = network, layers, weight, name
+
+    def __call__(self, fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        both = self.network((torch.cat([fake, target]) + 1) / 2, self.layers)
+        total = fake.new_zeros(())
+        for layer in self.layers:
+            generated, wanted = both[layer].float().chunk(2)
+            total = total + F.l1_loss(generated, wanted) / wanted.abs().mean().clamp_min(1e-6)
+        return total / len(self.layers)
 
 
 def _lsgan(prediction: torch.Tensor, real: bool) -> torch.Tensor:
@@ -352,7 +381,7 @@ def manifest_entry(weight_id: str, path: Path, provenance: str) -> dict:
     from artchain.core.weights import sha256_of
 
     return {"id": weight_id, "plugin": "gan", "file": path.name, "sha256": sha256_of(path),
-            "size": path.stat().st_size, "licence": "MIT (trained by artchain)",
+            "size": path.stat().st_size, "licence": "the training images' terms decide (listed in the provenance); artchain's code is MIT",
             "provenance": provenance}
 
 
