@@ -74,7 +74,7 @@ class Runtime:
     def parser(self):
         from artchain.core.chain import ChainParser
 
-        return ChainParser(self.registry, self.config.aliases, self.config.presets)
+        return ChainParser(self.registry, self.config.aliases, self.config.presets, self.config.defaults)
 
     @cached_property
     def store(self):

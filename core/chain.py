@@ -3,7 +3,7 @@
 Grammar of chain text: steps separated by ``,``; a step is ``name[:key=value]...``. A name is a
 processor, an alias of one (declared by the processor, or a user alias from config.yaml) or a preset
 (a named chain from config.yaml). Parameters given to a preset go to every step of the preset that
-accepts them. A chain text equal to a preset name as a whole (``neon,upscale``) runs that preset.
+accepts them; the configuration's `defaults:` come under every step's own parameters. A chain text equal to a preset name as a whole (``neon,upscale``) runs that preset.
 
 Adapters that build chains from choices (a chat button, a folder name) make `StepSpec`s directly;
 `parse_steps` turns text into the same structure, and `ChainParser.resolve` checks either.
@@ -15,7 +15,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .errors import ChainError
+from .errors import ChainError, ConfigError
 from .plugins import Registry
 from .processor import FILE_SEPARATOR, Param, Processor
 
@@ -103,10 +103,23 @@ def _split_chain(text: str) -> list[str]:
 
 
 class ChainParser:
-    def __init__(self, registry: Registry, aliases: dict[str, str], presets: dict[str, str]) -> None:
+    def __init__(self, registry: Registry, aliases: dict[str, str], presets: dict[str, str],
+                 defaults: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        """`defaults`: the configuration's parameter defaults per processor (or alias), under what a
+        step gives; refused here, as a ConfigError, when a name or a value is wrong."""
         self.registry = registry
         self.aliases = aliases
         self.presets = {self._normalise(name): chain for name, chain in presets.items()}
+        self.defaults: dict[str, dict[str, Any]] = {}
+        for name, values in (defaults or {}).items():
+            processor = registry.get(self.aliases.get(name, name))
+            if processor is None:
+                raise ConfigError(f"config: defaults: {self._unknown_message(name, self.aliases.get(name, name))}")
+            try:
+                processor.parse_params(dict(values), complete=False)
+            except ChainError as exc:
+                raise ConfigError(f"config: defaults: {exc}") from None
+            self.defaults[processor.name] = {**self.defaults.get(processor.name, {}), **values}
 
     @staticmethod
     def _normalise(text: str) -> str:
@@ -166,7 +179,8 @@ class ChainParser:
         if processor is None:
             raise ChainError(self._unknown_message(spec.name, target))
         # Complete only once every parameter is in: a preset's own parameters come later.
-        return [Step(processor, processor.parse_params(dict(spec.params), complete=False), spec.text())]
+        given = {**self.defaults.get(processor.name, {}), **spec.params}
+        return [Step(processor, processor.parse_params(given, complete=False), spec.text())]
 
     @staticmethod
     def _check_complete(step: Step) -> None:

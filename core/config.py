@@ -62,6 +62,7 @@ class Config(Section):
     aliases: dict[str, str] = {}  # the user's own; processors declare theirs
     presets: dict[str, str] = {}
     styles: dict[str, StyleSettings] = {}  # also read from the weights directory's styles.yaml
+    defaults: dict[str, dict[str, str | int | float | bool]] = {}  # processor -> parameter defaults
 
     @field_validator("device")
     @classmethod

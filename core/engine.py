@@ -135,7 +135,7 @@ class Engine:
         self.config = config
         self.registry = registry
         self.store = store
-        self.parser = ChainParser(registry, config.aliases, config.presets)
+        self.parser = ChainParser(registry, config.aliases, config.presets, config.defaults)
         self.cache = ModelCache(self.config.model_cache_mb * 1024 * 1024)
         self._processors: dict[str, Any] = {}
         if self.config.threads:

@@ -120,3 +120,26 @@ def test_param_types():
         Param("on", bool, False).parse("maybe")
     with pytest.raises(TypeError):
         Param("x", list, [])
+
+
+def test_config_defaults_come_under_the_steps_own_parameters(parser):
+    registry = parser.registry
+    tuned = ChainParser(registry, aliases={}, presets={"tidy": "sharpen,resize-back"},
+                        defaults={"crisp": {"mode": "slow"}, "blur": {"radius": 3}})
+    assert tuned.parse("sharpen").steps[0].params == {"radius": 1, "mode": "slow"}
+    assert tuned.parse("tidy").steps[0].params["mode"] == "slow"
+    assert tuned.parse("blur:radius=5:style=a.png").steps[0].params["radius"] == 5
+    assert tuned.parse("blur:style=a.png").describe() == "blur:radius=3:style=a.png"
+
+
+@pytest.mark.parametrize("defaults, message", [
+    ({"sharpn": {"mode": "slow"}}, "config: defaults: unknown step 'sharpn' (did you mean 'sharpen'?)"),
+    ({"sharpen": {"mode": "loud"}}, "config: defaults: sharpen: parameter mode must be one of"),
+    ({"sharpen": {"size": 3}}, "config: defaults: sharpen: unknown parameter 'size'"),
+])
+def test_bad_config_defaults_are_configuration_errors(parser, defaults, message):
+    from artchain.core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        ChainParser(parser.registry, aliases={}, presets={}, defaults=defaults)
+    assert str(error.value).startswith(message)

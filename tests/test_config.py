@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from PIL import Image
 
 from artchain.core.config import load_config as load_core_config
 from artchain.core.errors import ConfigError
@@ -65,3 +66,23 @@ def test_core_alone_knows_no_adapter_section(tmp_path):
     # The bundled file documents every section, so core alone refuses it: the runtime composes.
     with pytest.raises(ConfigError, match="telegram: Extra inputs are not permitted"):
         load_core_config(user, environ={})
+
+
+def test_processor_defaults_from_the_config_reach_the_engine_and_the_cli(tmp_path, photo, isolated_env):
+    from support import run_cli
+
+    from artchain.runtime import Runtime
+
+    user = tmp_path / "mine.yaml"
+    user.write_text("defaults:\n  upscale: {memory: 96}\n  resize: {scale: 0.5}\n")
+    runtime = Runtime(load_config(user, environ={}))
+    assert runtime.parser.parse("esrgan").steps[0].params["memory"] == 96
+    assert runtime.engine.parser.parse("upscale:memory=200").steps[0].params["memory"] == 200
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  esrgan: {memory: 1}\n")
+    result = run_cli("--config", bad, "run", "resize", photo, "-o", tmp_path / "x.png", env=isolated_env)
+    assert result.returncode == 2 and "config: defaults: esrgan: parameter memory must be >= 64" in result.stderr
+    good = run_cli("--config", user, "run", "resize", photo, "-o", tmp_path / "half.png", env=isolated_env)
+    assert good.returncode == 0, good.stderr
+    assert Image.open(tmp_path / "half.png").width == Image.open(photo).width // 2
