@@ -1,30 +1,78 @@
 """`artchain train cyclegan|paired|pix2pix|pairs`: parse options, call training or pair making, report."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
 
 train_app = typer.Typer(help="Train GAN styles and export them as artchain weights.", no_args_is_help=True)
 
-_COMMON = {
-    "iterations": typer.Option(2000, min=1, help="Optimiser steps in all (a resumed run continues to it)."),
-    "batch_size": typer.Option(1, min=1, help="Images per step."),
-    "lr": typer.Option(2e-4, min=0.0, help="Adam learning rate."),
-    "sample_every": typer.Option(200, min=1, help="Write a sample grid every N iterations."),
-    "checkpoint_every": typer.Option(200, min=1, help="Save a resumable checkpoint every N iterations."),
-    "seed": typer.Option(0, help="Seed for initialisation, crops and the image pool."),
-    "export": typer.Option(None, help="Where to write the fp16 safetensors (default: OUT/ID.safetensors)."),
-    "note": typer.Option("", help="What the data is; goes into the manifest entry's provenance."),
-    "bf16": typer.Option(False, help="Autocast the training steps to bfloat16 (fast on AVX512-BF16/AMX CPUs)."),
-    "keep_scale": typer.Option(False, help="Crop the pairs at their own resolution (pairs from `train pairs` are "
-                                           "made at the working resolution) instead of scaling them to the crop."),
-    "init": typer.Option(None, help="Start from this generator export or run checkpoint.pt (same network "
-                                    "and width) instead of random weights, e.g. another style's."),
-    "install": typer.Option(True, help="At the end, install the export as a style of your own under its "
-                                       "name (`artchain run NAME photo.jpg`); a built-in style is never replaced."),
-    "description": typer.Option("", help="What the style looks like, for `artchain list` and the chat."),
+# Options every training command takes, name -> (type, option); and those of the two paired commands.
+_TRAINING_OPTIONS = {
+    "iterations": (int, typer.Option(2000, min=1, help="Optimiser steps in all (a resumed run continues to it).")),
+    "batch_size": (int, typer.Option(1, min=1, help="Images per step.")),
+    "lr": (float, typer.Option(2e-4, min=0.0, help="Adam learning rate.")),
+    "sample_every": (int, typer.Option(200, min=1, help="Write a sample grid every N iterations.")),
+    "checkpoint_every": (int, typer.Option(200, min=1, help="Save a resumable checkpoint every N iterations.")),
+    "seed": (int, typer.Option(0, help="Seed for initialisation, crops and the image pool.")),
+    "export": (Path, typer.Option(None, help="Where to write the fp16 safetensors (default: OUT/ID.safetensors).")),
+    "note": (str, typer.Option("", help="What the data is; goes into the manifest entry's provenance.")),
+    "bf16": (bool, typer.Option(False, help="Autocast the training steps to bfloat16 (fast on AVX512-BF16/AMX CPUs).")),
+    "init": (Path, typer.Option(None, help="Start from this generator export or run checkpoint.pt (same network "
+                                           "and width) instead of random weights, e.g. another style's.")),
+    "install": (bool, typer.Option(True, help="At the end, install the export as a style of your own under its "
+                                              "name (`artchain run NAME photo.jpg`); a built-in style is never "
+                                              "replaced.")),
+    "description": (str, typer.Option("", help="What the style looks like, for `artchain list` and the chat.")),
 }
+_PAIRED_OPTIONS = {
+    "l1_weight": (float, typer.Option(100.0, min=0.0, help="Weight of the L1 loss to the target.")),
+    "feature_weight": (float, typer.Option(0.0, min=0.0, help="Weight of a feature loss (EfficientNet-Lite0 "
+                                                              "activations of the result against the target's) "
+                                                              "that keeps the target's strokes sharp; 0 = off.")),
+    "keep_scale": (bool, typer.Option(False, help="Crop the pairs at their own resolution (pairs from `train pairs` "
+                                                  "are made at the working resolution) instead of scaling them to "
+                                                  "the crop.")),
+}
+
+
+def _with_options(*groups: dict):
+    """Appends the groups' options to a command's signature, which is where Typer reads options
+    from; the command receives them in its `**options`."""
+    def decorate(command):
+        signature = inspect.signature(command)
+        parameters = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+                       for group in groups for name, (kind, option) in group.items()]
+        command.__signature__ = signature.replace(parameters=parameters)
+        return command
+    return decorate
+
+
+def _train_options(weight_id: str, out: Path | None, width: int, crop: int, options: dict):
+    from .training import TrainOptions
+
+    return TrainOptions(weight_id, out or Path("runs") / weight_id, options["iterations"], width, crop,
+                        options["batch_size"], options["lr"], options["sample_every"], options["checkpoint_every"],
+                        options["seed"], options["export"], options["note"], options["bf16"], options["init"])
+
+
+# Blocks at 1/4, 1/8 and 1/16 of the crop: strokes, edges, and shapes of a few strokes.
+FEATURE_LAYERS = ("block_1", "block_3", "block_5")
+
+
+def _feature_loss(ctx: typer.Context, weight: float):
+    if weight == 0:
+        return None
+    import torch
+
+    from artchain.plugins.nst.backbones import load_feature_net
+
+    from .training import FeatureLoss
+
+    network = load_feature_net("efficientnet-lite0", ctx.obj().store, torch.device("cpu"))
+    return FeatureLoss(network, FEATURE_LAYERS, weight, "EfficientNet-Lite0 " + ", ".join(FEATURE_LAYERS))
 
 
 def _install_plan(ctx: typer.Context, name: str, weight_id: str) -> bool:
@@ -73,6 +121,7 @@ def _run(ctx: typer.Context, trainer_factory, options, style: tuple[str, str, st
 
 
 @train_app.command()
+@_with_options(_TRAINING_OPTIONS)
 def cyclegan(
     ctx: typer.Context,
     photos: Path = typer.Option(..., help="Folder of photos (domain the generator reads)."),
@@ -83,23 +132,19 @@ def cyclegan(
     crop: int = typer.Option(128, min=16, help="Training crop side, a multiple of 16."),
     cycle_weight: float = typer.Option(10.0, min=0.0, help="Weight of the cycle-consistency L1 loss."),
     identity_weight: float = typer.Option(0.5, min=0.0, help="Identity L1 loss weight, relative to --cycle-weight."),
-    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
-    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
-    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
-    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
-    init: Path = _COMMON["init"], install: bool = _COMMON["install"], description: str = _COMMON["description"],
+    **options,
 ) -> None:
     """CycleGAN: photos -> paintings, unpaired (resumes from OUT/checkpoint.pt when present)."""
-    from .training import CycleGanTrainer, TrainOptions
+    from .training import CycleGanTrainer
 
-    weight_id = f"cyclegan-{style}"
-    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
-                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(ctx, lambda generator: CycleGanTrainer(photos, paintings, options, generator, cycle_weight, identity_weight),
-         options, (style, "cyclegan", description, install))
+    train_options = _train_options(f"cyclegan-{style}", out, width, crop, options)
+    _run(ctx, lambda generator: CycleGanTrainer(photos, paintings, train_options, generator, cycle_weight,
+                                                identity_weight),
+         train_options, (style, "cyclegan", options["description"], options["install"]))
 
 
 @train_app.command()
+@_with_options(_PAIRED_OPTIONS, _TRAINING_OPTIONS)
 def pix2pix(
     ctx: typer.Context,
     source: Path = typer.Option(..., help="Folder of input images."),
@@ -109,26 +154,17 @@ def pix2pix(
     width: int = typer.Option(64, min=1, help="Generator/critic width (features); the seed's is 64."),
     crop: int = typer.Option(256, min=256, help="Training crop side, a multiple of 256."),
     grayscale: bool = typer.Option(True, help="Feed the source as grayscale, as pix2pix-neon does."),
-    l1_weight: float = typer.Option(100.0, min=0.0, help="Weight of the L1 loss to the target."),
-    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
-    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
-    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
-    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
-    init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
-    install: bool = _COMMON["install"], description: str = _COMMON["description"],
+    **options,
 ) -> None:
     """pix2pix: paired source -> target (resumes from OUT/checkpoint.pt when present)."""
-    from .training import PairedTrainer, TrainOptions
+    from .networks import Pix2PixUNet
 
-    weight_id = f"pix2pix-{name}"
-    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
-                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(ctx, lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale,
-                                              keep_scale=keep_scale),
-         options, (name, "pix2pix", description, install), source.parent)
+    _train_paired(ctx, Pix2PixUNet, "pix2pix", name, source, target, _train_options(
+        f"pix2pix-{name}", out, width, crop, options), grayscale, options)
 
 
 @train_app.command()
+@_with_options(_PAIRED_OPTIONS, _TRAINING_OPTIONS)
 def paired(
     ctx: typer.Context,
     source: Path = typer.Option(..., help="Folder of photos (e.g. PAIRS/cubism/source from `train pairs`)."),
@@ -137,24 +173,23 @@ def paired(
     out: Path = typer.Option(None, help="Run folder: checkpoint, samples, export (default runs/cyclegan-STYLE)."),
     width: int = typer.Option(32, min=1, help="Generator/critic width (init_nc); the seed's is 32."),
     crop: int = typer.Option(128, min=16, help="Training crop side, a multiple of 16."),
-    l1_weight: float = typer.Option(100.0, min=0.0, help="Weight of the L1 loss to the target."),
-    iterations: int = _COMMON["iterations"], batch_size: int = _COMMON["batch_size"],
-    lr: float = _COMMON["lr"], sample_every: int = _COMMON["sample_every"],
-    checkpoint_every: int = _COMMON["checkpoint_every"], seed: int = _COMMON["seed"],
-    export: Path = _COMMON["export"], note: str = _COMMON["note"], bf16: bool = _COMMON["bf16"],
-    init: Path = _COMMON["init"], keep_scale: bool = _COMMON["keep_scale"],
-    install: bool = _COMMON["install"], description: str = _COMMON["description"],
+    **options,
 ) -> None:
     """The seed's CycleGAN generator trained on pairs with pix2pix's objective (resumes when it can)."""
     from .networks import CycleUNet
-    from .training import PairedTrainer, TrainOptions
 
-    weight_id = f"cyclegan-{style}"
-    options = TrainOptions(weight_id, out or Path("runs") / weight_id, iterations, width, crop, batch_size,
-                           lr, sample_every, checkpoint_every, seed, export, note, bf16, init)
-    _run(ctx, lambda generator: PairedTrainer(source, target, options, generator, l1_weight, grayscale_source=False,
-                                              network=CycleUNet, keep_scale=keep_scale),
-         options, (style, "cyclegan", description, install), source.parent)
+    _train_paired(ctx, CycleUNet, "cyclegan", style, source, target, _train_options(
+        f"cyclegan-{style}", out, width, crop, options), False, options)
+
+
+def _train_paired(ctx: typer.Context, network, network_name: str, style: str, source: Path, target: Path,
+                  train_options, grayscale: bool, options: dict) -> None:
+    from .training import PairedTrainer
+
+    _run(ctx, lambda generator: PairedTrainer(source, target, train_options, generator, options["l1_weight"],
+                                              grayscale, network=network, keep_scale=options["keep_scale"],
+                                              features=_feature_loss(ctx, options["feature_weight"])),
+         train_options, (style, network_name, options["description"], options["install"]), source.parent)
 
 
 @train_app.command()
