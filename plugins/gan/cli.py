@@ -31,6 +31,8 @@ _PAIRED_OPTIONS = {
     "feature_weight": (float, typer.Option(0.0, min=0.0, help="Weight of a feature loss (EfficientNet-Lite0 "
                                                               "activations of the result against the target's) "
                                                               "that keeps the target's strokes sharp; 0 = off.")),
+    "lattice_weight": (float, typer.Option(0.0, min=0.0, help="Weight of a penalty on any 2-pixel lattice "
+                                                              "the result holds beyond the target's; 0 = off.")),
     "keep_scale": (bool, typer.Option(False, help="Crop the pairs at their own resolution (pairs from `train pairs` "
                                                   "are made at the working resolution) instead of scaling them to "
                                                   "the crop.")),
@@ -188,7 +190,8 @@ def _train_paired(ctx: typer.Context, network, network_name: str, style: str, so
 
     _run(ctx, lambda generator: PairedTrainer(source, target, train_options, generator, options["l1_weight"],
                                               grayscale, network=network, keep_scale=options["keep_scale"],
-                                              features=_feature_loss(ctx, options["feature_weight"])),
+                                              features=_feature_loss(ctx, options["feature_weight"]),
+                                              lattice_weight=options["lattice_weight"]),
          train_options, (style, network_name, options["description"], options["install"]), source.parent)
 
 

@@ -273,7 +273,7 @@ class PairedTrainer(GanTrainer):
     def __init__(self, source: Path, target: Path, options: TrainOptions, generator: torch.Generator,
                  l1_weight: float = 100.0, grayscale_source: bool = True,
                  network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False,
-                 features: "FeatureLoss | None" = None) -> None:
+                 features: "FeatureLoss | None" = None, lattice_weight: float = 0.0) -> None:
         _check_crop(options.crop, network.size_multiple)
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
         self.method_note = ", transposed-convolution phases tied after every step (no 2-px lattice)"
@@ -292,6 +292,8 @@ class PairedTrainer(GanTrainer):
         self.grayscale_source = grayscale_source
         self.loss_weights = {"L1": l1_weight}
         self.features = features
+        if lattice_weight:
+            self.loss_weights["lattice"] = lattice_weight
         if features is not None:
             self.loss_weights["feature"] = features.weight
             self.method_note += f", feature loss on {features.name}"
@@ -320,6 +322,10 @@ class PairedTrainer(GanTrainer):
         l1 = F.l1_loss(fake, target)
         generator_loss = adversarial + self.loss_weights["L1"] * l1
         losses = {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
+        if "lattice" in self.loss_weights:
+            lattice = lattice_excess(fake, target)
+            generator_loss = generator_loss + self.loss_weights["lattice"] * lattice
+            losses["lattice"] = lattice.item()
         if self.features is not None:
             feature = self.features(fake, target)
             generator_loss = generator_loss + self.features.weight * feature
@@ -339,6 +345,22 @@ class PairedTrainer(GanTrainer):
 
     def generator(self) -> nn.Module:
         return self.networks["generator"]
+
+
+def lattice_excess(fake: torch.Tensor, target: torch.Tensor, window: int = 4) -> torch.Tensor:
+    """How much more 2-pixel lattice `fake` holds than `target`: each image times the alternating
+    row, column and checkerboard signs, averaged over `window`-pixel squares. Texture's own finest
+    detail is incoherent and averages out; a lattice that an upsampling or downsampling layer prints
+    keeps its sign across the square and stays (the spectrum's half-sampling lines, where
+    `quality.half_sampling_ratio` measures it)."""
+    rows = 1 - 2 * (torch.arange(fake.shape[-2], device=fake.device) % 2).to(fake.dtype)[:, None]
+    columns = 1 - 2 * (torch.arange(fake.shape[-1], device=fake.device) % 2).to(fake.dtype)[None, :]
+    excess = fake.new_zeros(())
+    for sign in (rows, columns, rows * columns):
+        printed = F.avg_pool2d(fake * sign, window).abs()
+        wanted = F.avg_pool2d(target * sign, window).abs()
+        excess = excess + F.relu(printed - wanted).mean()
+    return excess
 
 
 class FeatureLoss:

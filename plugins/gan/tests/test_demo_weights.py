@@ -60,10 +60,11 @@ def test_styled_visibly_keeping_the_subject(styled, processor_name):
         assert quality.edge_correlation(out, reference) > 0.3, f"{name}: the subject's outlines are lost"
 
 
-# Open: these two still carry a faint lattice (alternate rows differ by about 0.02, invisible at 1:1,
-# seen at 6x zoom); the shipped weights measured 2.09 and 4.09 (rocket is dark, so its reference
-# lines hold little energy). Strict, so a fix shows up as a pass that must drop the mark.
-FAINT_LATTICE = {("cyclegan-cubism", "astronaut"), ("pix2pix-neon", "rocket")}
+# Open: neon on the rocket measures 2.56 against the photo's 1.19. The teacher's own targets for that
+# photo measure 1.18, and the student's excess is a row alternation of at most 0.01 confined to the
+# launch pad's lit rails in a dark frame (so the reference lines hold little energy), invisible at
+# 1:1. Strict, so a fix shows up as a pass that must drop the mark.
+FAINT_LATTICE = {("pix2pix-neon", "rocket")}
 
 
 @pytest.mark.slow

@@ -235,3 +235,49 @@ def test_tied_four_tap_upsampling_answers_a_flat_input_flatly():
         assert interior.std((-2, -1)).min() > 0.01, "random taps answer a flat input with a lattice"
         tie_upsampling_phases(layer)
         assert layer(flat)[..., 1:-1, 1:-1].std((-2, -1)).max() < 1e-6
+
+
+def test_the_lattice_penalty_removes_a_printed_lattice_and_spares_texture():
+    from skimage import data
+
+    from artchain.plugins.gan import quality
+    from artchain.plugins.gan.training import lattice_excess
+
+    photo = torch.from_numpy(data.chelsea()[:128, :192].copy()).permute(2, 0, 1)[None].float() / 255 * 2 - 1
+    lattice = torch.zeros_like(photo)
+    lattice[..., ::2, :] = 0.08  # alternate rows, as a stride-2 layer prints them
+    assert lattice_excess(photo, photo) == 0
+    # The same texture one pixel over (the student never puts a stroke exactly where the teacher did).
+    shifted = photo.roll((1, 1), (-2, -1))
+    assert lattice_excess(photo + lattice, photo) > 1.5 * lattice_excess(shifted, photo)
+
+    fake = (photo + lattice).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([fake], lr=0.005)
+    for _ in range(40):
+        optimizer.zero_grad()
+        lattice_excess(fake, photo).backward()
+        optimizer.step()
+    before = quality.half_sampling_ratio(((photo + lattice + 1) / 2).clamp(0, 1))
+    after = quality.half_sampling_ratio(((fake.detach() + 1) / 2).clamp(0, 1))
+    assert before > 5 and after < 1.5, (before, after)
+
+
+def test_feature_and_lattice_terms_join_the_paired_objective(tmp_path):
+    from artchain.plugins.gan.networks import CycleUNet
+    from artchain.plugins.gan.training import FeatureLoss
+    from artchain.plugins.nst.backbones import EfficientNetLite0Features, efficientnet_wheel_checkpoint
+
+    write_images(tmp_path / "source", 64, 2)
+    write_images(tmp_path / "target", 64, 2, transform=lambda image: 1 - image)
+    network = EfficientNetLite0Features().load_checkpoint(efficientnet_wheel_checkpoint()).eval().requires_grad_(False)
+    features = FeatureLoss(network, ("block_1", "block_3"), 10.0, "EfficientNet-Lite0 block_1, block_3")
+    options = TrainOptions("cyclegan-x", tmp_path / "run", iterations=30, width=4, crop=32, lr=2e-3,
+                           sample_every=30, checkpoint_every=30)
+    trainer = PairedTrainer(tmp_path / "source", tmp_path / "target", options, seeded_generator(0),
+                            grayscale_source=False, network=CycleUNet, features=features, lattice_weight=100)
+    result = train(trainer, options, console=quiet())
+    feature = [record["feat"] for record in result.losses]
+    assert all("lattice" in record for record in result.losses)
+    assert mean(feature[-5:]) < 0.9 * mean(feature[:3])
+    provenance = result.manifest_entry["provenance"]
+    assert "L1 100, lattice 100, feature 10" in provenance and "feature loss on EfficientNet-Lite0" in provenance
