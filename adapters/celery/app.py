@@ -16,6 +16,10 @@ from .settings import QueueSettings
 TASK_NAME = "artchain.run_job"
 PROGRESS_STATE = "PROGRESS"
 OUTAGE_SECONDS = 60  # how long a client or worker waits out a broker that is gone, retrying about once a second
+# Celery sleeps a random 0..max between result-backend retries ("full jitter"), 0.5 s on average
+# with a 1 s cap, so waiting out OUTAGE_SECONDS takes twice as many retries. With one retry per
+# second, a worker on a loaded machine gave up after about 30 s and failed a job it had computed.
+BACKEND_RETRIES = 2 * OUTAGE_SECONDS
 
 
 class _OneLineRetries(logging.Filter):
@@ -64,7 +68,7 @@ def make_app(queue: QueueSettings) -> Celery:
         task_publish_retry_policy={"max_retries": OUTAGE_SECONDS, "interval_start": 0.5, "interval_step": 0.5,
                                    "interval_max": 1.0},
         result_backend_always_retry=True,
-        result_backend_max_retries=OUTAGE_SECONDS,
+        result_backend_max_retries=BACKEND_RETRIES,
         result_backend_base_sleep_between_retries_ms=500,
         result_backend_max_sleep_between_retries_ms=1000,
         worker_hijack_root_logger=False,

@@ -4,8 +4,10 @@ takes each job's result once, by task id, from the result backend."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 from celery.exceptions import BackendError, TimeLimitExceeded
 from celery.result import AsyncResult
@@ -25,6 +27,10 @@ QUEUE_LENGTH_EVERY_SECONDS = 1.0
 STARTUP_CHECK_SECONDS = 3.0
 # What a broker or result backend that is restarting raises; a job rides them out until its deadline.
 BROKER_ERRORS = (OSError, RedisError, OperationalError, BackendError)
+# Threads for the blocking broker and backend calls: during an outage each call blocks while Celery
+# retries it, and on asyncio's shared default pool (5 or 6 threads on a small machine) a dozen
+# waiting jobs starved everything else in the process that uses that pool.
+BROKER_THREADS = 32
 
 
 class CeleryExecutor:
@@ -36,6 +42,13 @@ class CeleryExecutor:
         self.app = make_app(queue)
         self._in_flight = 0
         self._queue_length: tuple[float, int | None] = (0.0, None)  # (when asked, answer)
+        self._broker_threads = ThreadPoolExecutor(min(BROKER_THREADS, queue.max_in_flight),
+                                                  thread_name_prefix="artchain-broker")
+
+    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """`function` on this executor's own threads, so the event loop and its default pool stay free."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._broker_threads, functools.partial(function, *args, **kwargs))
 
     @property
     def load(self) -> int:
@@ -73,7 +86,7 @@ class CeleryExecutor:
         cancel = cancel or CancelToken()
         self._in_flight += 1
         try:
-            async_result = await asyncio.to_thread(self.app.send_task, TASK_NAME, args=[job.to_dict()])
+            async_result = await self._call(self.app.send_task, TASK_NAME, args=[job.to_dict()])
             return await self._await(async_result, job, on_status, cancel)
         finally:
             self._in_flight -= 1
@@ -85,7 +98,7 @@ class CeleryExecutor:
 
         async def revoke() -> None:
             # Terminating stops the pool process running it; a revoked job is not requeued.
-            await asyncio.to_thread(async_result.revoke, terminate=True)
+            await self._call(async_result.revoke, terminate=True)
 
         try:
             while True:
@@ -93,7 +106,7 @@ class CeleryExecutor:
                     await revoke()
                     raise Cancelled("cancelled")
                 try:
-                    state, info = await asyncio.to_thread(lambda: (async_result.state, async_result.info))
+                    state, info = await self._call(lambda: (async_result.state, async_result.info))
                 except BROKER_ERRORS:  # the backend is restarting: ask again until the deadline
                     await asyncio.sleep(POLL_SECONDS * 5)
                     continue
@@ -102,7 +115,7 @@ class CeleryExecutor:
                 if state in {"FAILURE", "REVOKED"}:
                     reason = "time limit exceeded" if isinstance(info, TimeLimitExceeded) else str(info)
                     raise JobFailed(f"{job.name}: the worker failed ({reason})")
-                status = await asyncio.to_thread(self._status, state, info)
+                status = await self._call(self._status, state, info)
                 if on_status and status is not None and status != last_status:
                     last_status = status
                     on_status(status)
@@ -115,7 +128,7 @@ class CeleryExecutor:
             raise
         finally:
             try:
-                await asyncio.to_thread(async_result.forget)
+                await self._call(async_result.forget)
             except BROKER_ERRORS:
                 pass  # the result expires by itself (queue.result_expires)
 
@@ -136,4 +149,5 @@ class CeleryExecutor:
         return JobResult.from_dict(info)
 
     def shutdown(self) -> None:
+        self._broker_threads.shutdown(wait=False, cancel_futures=True)
         self.app.close()
