@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -244,17 +243,17 @@ def rss_child(cache: Path, threads: int) -> None:
     processor, params = EsrganProcessor(), EsrganProcessor.parse_params({})
     model = processor.load(params, store, torch.device("cpu"))
     picture = Image.fromarray(data.retina()).resize((3840, 2160), Image.Resampling.BICUBIC)
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    loaded = _memory_status("VmHWM")
     start = time.perf_counter()
     batch = imageio.to_tensor(picture)
-    print(f"before the step: {_current_rss() / 1e9:.2f} GB", file=sys.stderr, flush=True)
+    print(f"before the step: {_memory_status('VmRSS') / 1e9:.2f} GB", file=sys.stderr, flush=True)
     reported = [0.0]
 
     def progress(fraction: float) -> None:  # on stderr, so a long run shows how far it got
         if fraction - reported[0] >= 0.01 or fraction == 1.0:
             reported[0] = fraction
             print(f"{time.perf_counter() - start:7.0f} s {fraction:6.1%}  peak RSS "
-                  f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB", file=sys.stderr, flush=True)
+                  f"{_memory_status('VmHWM') / 1e9:.2f} GB", file=sys.stderr, flush=True)
 
     context = StepContext(torch.device("cpu"), picture.size, progress=progress)
     with torch.inference_mode():
@@ -263,12 +262,15 @@ def rss_child(cache: Path, threads: int) -> None:
     result = imageio.to_image(output)
     print(json.dumps({"seconds": time.perf_counter() - start, "size": list(result.size),
                       "loaded_rss_bytes": loaded,
-                      "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "peak_rss_bytes": _memory_status("VmHWM")}))
 
 
-def _current_rss() -> int:
+def _memory_status(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process in bytes. The peak is not getrusage's ru_maxrss:
+    Linux carries that over from the parent through fork and exec, so a child started by a parent
+    that held 10 GB (ncnn on a whole photo) reported 10 GB."""
     status = Path("/proc/self/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+    return int(status.split(f"{field}:")[1].split()[0]) * 1024
 
 
 def measure_rss(cache: Path, threads: int) -> dict:

@@ -33,10 +33,11 @@ WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
 DEFAULT_OVERLAP = 32
 MAX_OVERLAP = 64
 # Working memory for activations, on top of the input and the uint8 result. x4plus needs 896 bytes
-# per pixel in bf16 and 1792 in fp32: a 768x512 photo runs whole in either, a 3840x2160 one in bf16
-# in 12 tiles of 1008x763 px that compute 1.11x its pixels, and the process peaks well under 2 GB
-# (`benchmarks/esrgan.py --rss-4k`: 1.54 GB at 480 MB, which computes 1.149x).
-DEFAULT_MEMORY_MB = 704
+# per pixel in bf16 and 1792 in fp32: a 768x512 photo runs whole in bf16 (640x480 in fp32), a
+# 3840x2160 one in bf16 in 15 tiles of 820x763 px that compute 1.13x its pixels. The whole process
+# must stay under 2 GB on 4K (`benchmarks/esrgan.py --rss-4k`, peak from VmHWM): 704 MB peaked at
+# 2.004 GB, because the x4 uint8 result (398 MB) becomes resident as the tiles fill it.
+DEFAULT_MEMORY_MB = 640
 # Enough for the smallest tiles of x4plus at MAX_OVERLAP in fp32; checked before any work.
 MIN_MEMORY_MB = 64
 # Both default ids hold x4 models; the planned output size (checked before any work) assumes it.
