@@ -29,7 +29,7 @@ WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
 # From `python benchmarks/esrgan.py --seams` on two real photos (x4plus, bf16): with 32 px of context
 # at a seam the tiled result is as close to one pass (PSNR 53.4 and 54.6 dB) as bf16 is to fp32
 # (53.4 and 53.6 dB); near the seams a few values on edges differ by up to 12/255, which does not
-# show at 400 % zoom. 48 px (3/255) would cost a 3840x2160 photo 1.17x its pixels instead of 1.11x.
+# show at 400 % zoom. 48 px (3/255) would cost a 3840x2160 photo 1.20x its pixels instead of 1.13x.
 DEFAULT_OVERLAP = 32
 MAX_OVERLAP = 64
 # Working memory for activations, on top of the input and the uint8 result. x4plus needs 896 bytes
