@@ -79,11 +79,11 @@ class Naming:
         return (self.out_dir or source.parent) / f"{source.stem}{self.marker()}{self.extension(source)}"
 
 
+COMPARISON = ".compare"  # marks the side-by-side file of --compare: NAME.CHAIN.compare.EXT
+
+
 def is_own_output(source: Path, naming: Naming) -> bool:
     return source.stem.removesuffix(COMPARISON).endswith(naming.marker())
-
-
-COMPARISON = ".compare"
 
 
 @dataclass(frozen=True)

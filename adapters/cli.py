@@ -236,11 +236,10 @@ def _run_one(runtime: Runtime, runner, chain, files, planned) -> None:
     width, height = result.size
     out.print(f"{source} -> {destination} ({width}x{height}; {steps})", soft_wrap=True)
     if planned.comparison is not None:
-        side_by_side = planned.comparison
         before = imageio.decode_image(job.image.data, limits, job.name).rgb
         after = imageio.decode_image(result.image, limits, str(destination)).rgb
-        imageio.save_image(imageio.side_by_side(before, after), side_by_side, runtime.config.output)
-        out.print(f"  comparison -> {side_by_side}")
+        imageio.save_image(imageio.side_by_side(before, after), planned.comparison, runtime.config.output)
+        out.print(f"  comparison -> {planned.comparison}")
 
 
 def _show_tables(tables: dict[str, tuple[tuple[str, ...], list[tuple[str, ...]]]], as_json: bool) -> None:

@@ -74,7 +74,7 @@ class Runtime:
     def parser(self):
         from artchain.core.chain import ChainParser
 
-        return ChainParser(self.registry, self.config.aliases, self.config.presets, self.config.defaults)
+        return ChainParser.from_config(self.registry, self.config)
 
     @cached_property
     def store(self):
@@ -88,7 +88,7 @@ class Runtime:
             if self._engine is None:
                 from artchain.core.engine import Engine
 
-                self._engine = Engine(self.config, self.registry, self.store)
+                self._engine = Engine(self.config, self.registry, self.store, self.parser)
             return self._engine
 
     @property

@@ -3,7 +3,8 @@
 Grammar of chain text: steps separated by ``,``; a step is ``name[:key=value]...``. A name is a
 processor, an alias of one (declared by the processor, or a user alias from config.yaml) or a preset
 (a named chain from config.yaml). Parameters given to a preset go to every step of the preset that
-accepts them; the configuration's `defaults:` come under every step's own parameters. A chain text equal to a preset name as a whole (``neon,upscale``) runs that preset.
+accepts them; the configuration's `defaults:` come under every step's own parameters. A chain text
+equal to a preset name as a whole (``neon,upscale``) runs that preset.
 
 Adapters that build chains from choices (a chat button, a folder name) make `StepSpec`s directly;
 `parse_steps` turns text into the same structure, and `ChainParser.resolve` checks either.
@@ -112,14 +113,20 @@ class ChainParser:
         self.presets = {self._normalise(name): chain for name, chain in presets.items()}
         self.defaults: dict[str, dict[str, Any]] = {}
         for name, values in (defaults or {}).items():
-            processor = registry.get(self.aliases.get(name, name))
+            target = self.aliases.get(name, name)
+            processor = registry.get(target)
             if processor is None:
-                raise ConfigError(f"config: defaults: {self._unknown_message(name, self.aliases.get(name, name))}")
+                raise ConfigError(f"config: defaults: {self._unknown_message(name, target)}")
             try:
                 processor.parse_params(dict(values), complete=False)
             except ChainError as exc:
                 raise ConfigError(f"config: defaults: {exc}") from None
             self.defaults[processor.name] = {**self.defaults.get(processor.name, {}), **values}
+
+    @classmethod
+    def from_config(cls, registry: Registry, config) -> "ChainParser":
+        """The parser of a configuration: its aliases, presets and parameter defaults."""
+        return cls(registry, config.aliases, config.presets, config.defaults)
 
     @staticmethod
     def _normalise(text: str) -> str:

@@ -131,11 +131,13 @@ def pick_device(requested: str) -> torch.device:
 class Engine:
     """Built by `artchain.runtime` from the configuration; tests may pass their own parts."""
 
-    def __init__(self, config: Config, registry: Registry, store: WeightStore) -> None:
+    def __init__(self, config: Config, registry: Registry, store: WeightStore,
+                 parser: ChainParser | None = None) -> None:
+        """`parser`: the runtime's, when it has one already (built and checked once per process)."""
         self.config = config
         self.registry = registry
         self.store = store
-        self.parser = ChainParser(registry, config.aliases, config.presets, config.defaults)
+        self.parser = parser or ChainParser.from_config(registry, config)
         self.cache = ModelCache(self.config.model_cache_mb * 1024 * 1024)
         self._processors: dict[str, Any] = {}
         if self.config.threads:

@@ -328,7 +328,7 @@ class PairedTrainer(GanTrainer):
             losses["lattice"] = lattice.item()
         if self.features is not None:
             feature = self.features(fake, target)
-            generator_loss = generator_loss + self.features.weight * feature
+            generator_loss = generator_loss + self.loss_weights["feature"] * feature
             losses["feat"] = feature.item()
         self.optimizers["generator"].zero_grad()
         generator_loss.backward()
@@ -403,7 +403,8 @@ def manifest_entry(weight_id: str, path: Path, provenance: str) -> dict:
     from artchain.core.weights import sha256_of
 
     return {"id": weight_id, "plugin": "gan", "file": path.name, "sha256": sha256_of(path),
-            "size": path.stat().st_size, "licence": "the training images' terms decide (listed in the provenance); artchain's code is MIT",
+            "size": path.stat().st_size,
+            "licence": "the training images' terms decide (listed in the provenance); artchain's code is MIT",
             "provenance": provenance}
 
 
