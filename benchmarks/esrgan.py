@@ -14,12 +14,16 @@ load; the ratios within one run are the result.
              the step, to_image) and prints its peak RSS and time (long on a small CPU)
   --seams    instead: deviation from one pass along the seams of forced tiles, per overlap, next
              to the bf16-vs-fp32 deviation (where DEFAULT_OVERLAP comes from)
+  --dense-block  instead: one RRDB block on each photo's features, spandrel's module as written (a
+             fresh tensor per concatenation) against artchain's runner (a reused workspace), with
+             the page faults each pass takes (why the workspace exists)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +40,7 @@ from artchain.core.processor import StepContext
 from artchain.core.tiling import plan_grid, window_length
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import MB, EsrganProcessor
-from artchain.plugins.esrgan.model import LoadedModel
+from artchain.plugins.esrgan.model import ConcatWorkspace, LoadedModel
 from artchain.plugins.esrgan.upscale import plan_tiles, upscale
 from artchain.plugins.esrgan.ncnn_convert import wheel_model_files
 from artchain.plugins.esrgan.tests.ncnn_runtime import NcnnUpscaler
@@ -304,6 +308,33 @@ def seams(store: WeightStore, overlaps: list[int]) -> None:
                   f"PSNR of the tiled result {psnr(tiled, whole):.1f} dB")
 
 
+def dense_block(store: WeightStore, rounds: int) -> None:
+    for precision in ("auto", "fp32"):
+        model = load(store, precision)
+        runner = model.stages.blocks[0]
+        as_written = runner.args[0]  # the RRDB module that the runner runs
+        for label, name, top, left, height, width in PHOTOS:
+            with torch.inference_mode():
+                features = model.stages.head(model.prepare(photo(name, top, left, height, width)))
+                contestants = {"spandrel's module": lambda: as_written(features),
+                               "artchain's runner": lambda: runner(features, ConcatWorkspace(features))}
+                torch.testing.assert_close(contestants["artchain's runner"](),
+                                           contestants["spandrel's module"](), rtol=0, atol=0)
+                best = {contestant: (float("inf"), 0) for contestant in contestants}
+                for _ in range(rounds):
+                    for contestant, run in contestants.items():
+                        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                        start = time.perf_counter()
+                        run()
+                        seconds = time.perf_counter() - start
+                        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                        best[contestant] = min(best[contestant], (seconds, faults))
+            (slow, slow_faults), (fast, fast_faults) = best.values()
+            print(f"{label} {width}x{height} {precision_name(model.dtype)}: spandrel's module {slow * 1000:.0f} ms "
+                  f"({slow_faults} page faults), artchain's runner {fast * 1000:.0f} ms ({fast_faults}): "
+                  f"{slow / fast:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -312,6 +343,8 @@ def main() -> None:
     parser.add_argument("--rss-4k", action="store_true", help="also a 3840x2160 photo in a fresh process "
                         "for peak RSS and time (long on a small CPU)")
     parser.add_argument("--seams", action="store_true", help="seam deviation per overlap instead")
+    parser.add_argument("--dense-block", action="store_true", help="one RRDB block, fresh concatenations "
+                        "against the workspace, instead")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "artchain-bench")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -322,6 +355,8 @@ def main() -> None:
     store = weight_store(args.cache)
     if args.seams:
         seams(store, [16, 24, 32, 48])
+    elif args.dense_block:
+        dense_block(store, max(args.rounds, 3))
     else:
         benchmark(args, store)
 

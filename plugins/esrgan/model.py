@@ -29,10 +29,10 @@ class RrdbStages:
     The trunk computes what spandrel's modules compute, value for value, holding fewer tensors at
     once (the memory per pixel sets how large a tile can be): the first convolution is run again
     for the long skip instead of being kept through all blocks (it is 0.01 % of the work), and
-    each dense block grows one concatenation instead of keeping its pieces beside it."""
+    the dense blocks grow their concatenations in a workspace that the whole pass shares."""
 
     head: nn.Module
-    blocks: tuple[Callable[[torch.Tensor], torch.Tensor], ...]
+    blocks: tuple[Callable[[torch.Tensor, "ConcatWorkspace"], torch.Tensor], ...]
     tail: nn.Module
     tail_context: int
 
@@ -41,13 +41,43 @@ class RrdbStages:
         """The features the tail upsamples; progress and cancellation between blocks, since one
         pass over a large tile takes minutes on a CPU."""
         trunk = self.head(batch)
+        workspace = ConcatWorkspace(trunk)
         for index, block in enumerate(self.blocks):
             if check_cancel:
                 check_cancel()
-            trunk = block(trunk)
+            trunk = block(trunk, workspace)
             if report:
                 report((index + 1) / (len(self.blocks) + 1))
         return trunk.add_(self.head(batch))
+
+
+class ConcatWorkspace:
+    """Two buffers that the dense blocks' growing concatenations alternate between, for a whole
+    trunk pass. A fresh tensor per concatenation cost more than the copy itself: at photo sizes
+    each is tens of MB, which the allocator maps from the system and the kernel zero-fills page by
+    page, every time (`python benchmarks/esrgan.py --dense-block` compares the two). Each buffer
+    grows to the widest concatenation it receives (in x4plus one holds 160 channels, the other 192)."""
+
+    def __init__(self, like: torch.Tensor):
+        batch, _, height, width = like.shape
+        self._pixels = (batch, height, width)
+        self._dtype, self._device = like.dtype, like.device
+        self._buffers = [like.new_empty(0), like.new_empty(0)]
+        self._next = 0
+
+    def concatenate(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """`first` and `second` along channels, channels_last, in the buffer not used last time
+        (so `first` may be the previous concatenation)."""
+        batch, height, width = self._pixels
+        channels = first.shape[1] + second.shape[1]
+        size = batch * height * width * channels
+        index, self._next = self._next, 1 - self._next
+        if self._buffers[index].numel() < size:
+            self._buffers[index] = None  # freed before the larger one is taken
+            self._buffers[index] = torch.empty(size, dtype=self._dtype, device=self._device)
+        # A prefix of a flat buffer viewed as NHWC is a contiguous channels_last tensor of any width.
+        out = self._buffers[index][:size].view(batch, height, width, channels).permute(0, 3, 1, 2)
+        return torch.cat((first, second), 1, out=out)
 
 
 def _is_plain_rrdb(block: nn.Module) -> bool:
@@ -56,15 +86,19 @@ def _is_plain_rrdb(block: nn.Module) -> bool:
                for dense in dense_blocks)
 
 
-def _residual_in_residual(block: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+def _residual_in_residual(block: nn.Module, batch: torch.Tensor, workspace: ConcatWorkspace) -> torch.Tensor:
     out = batch
     for dense_block in (block.RDB1, block.RDB2, block.RDB3):
-        dense, out = out, None  # so that the concatenation holds the only copy
+        dense, out = out, None  # the concatenation holds the only copy it needs
         for conv in (dense_block.conv1, dense_block.conv2, dense_block.conv3, dense_block.conv4):
-            dense = torch.cat((dense, conv(dense)), 1)
+            dense = workspace.concatenate(dense, conv(dense))
         # The dense block's input lives on as the first channels of the concatenation.
         out = dense_block.conv5(dense).mul_(0.2).add_(dense[:, :batch.shape[1]])
     return out.mul_(0.2).add_(batch)
+
+
+def _as_written(block: nn.Module, batch: torch.Tensor, workspace: ConcatWorkspace) -> torch.Tensor:
+    return block(batch)
 
 
 @dataclass(frozen=True)
@@ -152,7 +186,7 @@ def split_rrdb(network: nn.Module) -> RrdbStages | None:
     context = tail_context(tail)
     if context is None:
         return None
-    runners = tuple(functools.partial(_residual_in_residual, block) if _is_plain_rrdb(block) else block
+    runners = tuple(functools.partial(_residual_in_residual if _is_plain_rrdb(block) else _as_written, block)
                     for block in blocks)
     return RrdbStages(head, runners, nn.Sequential(*tail), context)
 
