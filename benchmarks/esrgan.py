@@ -14,9 +14,9 @@ load; the ratios within one run are the result.
              the step, to_image) and prints its peak RSS and time (long on a small CPU)
   --seams    instead: deviation from one pass along the seams of forced tiles, per overlap, next
              to the bf16-vs-fp32 deviation (where DEFAULT_OVERLAP comes from)
-  --dense-block  instead: one RRDB block on each photo's features, spandrel's module as written (a
-             fresh tensor per concatenation) against artchain's runner (a reused workspace), with
-             the page faults each pass takes (why the workspace exists)
+  --parts    instead: the two choices inside a pass against their plain alternatives, on each
+             photo's features: an RRDB block with a fresh tensor per concatenation (spandrel's
+             module) or a reused workspace, and the upsampling tail in one piece or in sub-tiles
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ from PIL import Image
 from artchain.core import imageio
 from artchain.core.precision import BF16_CPU_FLAGS, cpu_flags, cpu_has_fast_bf16, precision_name
 from artchain.core.processor import StepContext
-from artchain.core.tiling import plan_grid, window_length
+from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import MB, EsrganProcessor
 from artchain.plugins.esrgan.model import ConcatWorkspace, LoadedModel
-from artchain.plugins.esrgan.upscale import plan_tiles, upscale
+from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, upscale
 from artchain.plugins.esrgan.ncnn_convert import wheel_model_files
 from artchain.plugins.esrgan.tests.ncnn_runtime import NcnnUpscaler
 
@@ -308,31 +308,57 @@ def seams(store: WeightStore, overlaps: list[int]) -> None:
                   f"PSNR of the tiled result {psnr(tiled, whole):.1f} dB")
 
 
-def dense_block(store: WeightStore, rounds: int) -> None:
+def parts(store: WeightStore, rounds: int) -> None:
+    """The two choices made inside a pass, each against the plain alternative, on each photo:
+    one RRDB block as spandrel's module runs it (a fresh tensor per concatenation) and as
+    artchain's runner does (a reused workspace), and the upsampling tail in one piece and in
+    sub-tiles of TAIL_WINDOW_PIXELS, with the page faults of each."""
     for precision in ("auto", "fp32"):
         model = load(store, precision)
-        runner = model.stages.blocks[0]
+        stages = model.stages
+        runner = stages.blocks[0]
         as_written = runner.args[0]  # the RRDB module that the runner runs
         for label, name, top, left, height, width in PHOTOS:
             with torch.inference_mode():
-                features = model.stages.head(model.prepare(photo(name, top, left, height, width)))
-                contestants = {"spandrel's module": lambda: as_written(features),
-                               "artchain's runner": lambda: runner(features, ConcatWorkspace(features))}
-                torch.testing.assert_close(contestants["artchain's runner"](),
-                                           contestants["spandrel's module"](), rtol=0, atol=0)
-                best = {contestant: (float("inf"), 0) for contestant in contestants}
-                for _ in range(rounds):
-                    for contestant, run in contestants.items():
-                        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                        start = time.perf_counter()
-                        run()
-                        seconds = time.perf_counter() - start
-                        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-                        best[contestant] = min(best[contestant], (seconds, faults))
-            (slow, slow_faults), (fast, fast_faults) = best.values()
-            print(f"{label} {width}x{height} {precision_name(model.dtype)}: spandrel's module {slow * 1000:.0f} ms "
-                  f"({slow_faults} page faults), artchain's runner {fast * 1000:.0f} ms ({fast_faults}): "
-                  f"{slow / fast:.2f}x")
+                features = stages.head(model.prepare(photo(name, top, left, height, width)))
+                block = {"spandrel's module": lambda: as_written(features),
+                         "artchain's runner": lambda: runner(features, ConcatWorkspace(features))}
+                torch.testing.assert_close(block["artchain's runner"](), block["spandrel's module"](),
+                                           rtol=0, atol=0)
+                tail = {"one piece": lambda: _tail(stages, features, height * width),
+                        f"sub-tiles of {TAIL_WINDOW_PIXELS} px": lambda: _tail(stages, features, TAIL_WINDOW_PIXELS)}
+                for part, contestants in (("RRDB block", block), ("tail", tail)):
+                    (slow, slow_faults), (fast, fast_faults) = _best_of(contestants, rounds).values()
+                    names = list(contestants)
+                    print(f"{label} {width}x{height} {precision_name(model.dtype)} {part}: {names[0]} "
+                          f"{slow * 1000:.0f} ms ({slow_faults} page faults), {names[1]} {fast * 1000:.0f} ms "
+                          f"({fast_faults}): {slow / fast:.2f}x")
+
+
+def _tail(stages, features: torch.Tensor, window_pixels: int) -> torch.Tensor:
+    height, width = features.shape[-2:]
+    grid = plan_grid(height, width, max_window_pixels=window_pixels, overlap=stages.tail_context)
+    output = torch.empty((1, 3, height * 4, width * 4), dtype=features.dtype)
+    return tiled_apply(features, lambda job: stages.tail(job.window)[..., _times4(job.rows), _times4(job.columns)],
+                       scale=4, grid=grid, output=output)
+
+
+def _times4(span: slice) -> slice:
+    return slice(span.start * 4, span.stop * 4)
+
+
+def _best_of(contestants: dict, rounds: int) -> dict:
+    """Per contestant, its fastest (seconds, page faults) over rounds that run them in turn."""
+    best = {contestant: (float("inf"), 0) for contestant in contestants}
+    for _ in range(rounds):
+        for contestant, run in contestants.items():
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = time.perf_counter()
+            run()
+            seconds = time.perf_counter() - start
+            best[contestant] = min(best[contestant],
+                                   (seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return best
 
 
 def main() -> None:
@@ -343,8 +369,8 @@ def main() -> None:
     parser.add_argument("--rss-4k", action="store_true", help="also a 3840x2160 photo in a fresh process "
                         "for peak RSS and time (long on a small CPU)")
     parser.add_argument("--seams", action="store_true", help="seam deviation per overlap instead")
-    parser.add_argument("--dense-block", action="store_true", help="one RRDB block, fresh concatenations "
-                        "against the workspace, instead")
+    parser.add_argument("--parts", action="store_true", help="the dense blocks' workspace and the tail's "
+                        "sub-tiles against their plain alternatives, instead")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "artchain-bench")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,8 +381,8 @@ def main() -> None:
     store = weight_store(args.cache)
     if args.seams:
         seams(store, [16, 24, 32, 48])
-    elif args.dense_block:
-        dense_block(store, max(args.rounds, 3))
+    elif args.parts:
+        parts(store, max(args.rounds, 3))
     else:
         benchmark(args, store)
 

@@ -55,7 +55,7 @@ class ConcatWorkspace:
     """Two buffers that the dense blocks' growing concatenations alternate between, for a whole
     trunk pass. A fresh tensor per concatenation cost more than the copy itself: at photo sizes
     each is tens of MB, which the allocator maps from the system and the kernel zero-fills page by
-    page, every time (`python benchmarks/esrgan.py --dense-block` compares the two). Each buffer
+    page, every time (`python benchmarks/esrgan.py --parts` compares the two). Each buffer
     grows to the widest concatenation it receives (in x4plus one holds 160 channels, the other 192)."""
 
     def __init__(self, like: torch.Tensor):

@@ -17,7 +17,7 @@ from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import DEFAULT_MEMORY_MB, MB, EsrganProcessor, artchain_processors
 from artchain.plugins.esrgan.model import build_model
-from artchain.plugins.esrgan.upscale import plan_tiles, upscale
+from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, upscale
 from support import shared_file
 
 from .conftest import photo, skimage_photo
@@ -146,6 +146,7 @@ def test_a_photo_that_fits_runs_whole_and_a_large_one_gets_the_largest_tiles(x4p
     for model, (height, width) in ((x4plus_bf16, (512, 768)), (x4plus, (480, 640))):
         fits = plan_tiles(model, height, width, memory_bytes=DEFAULT_MEMORY_MB * MB)
         assert fits.grid.count == 1 and fits.grid.overhead == 1.0
+        assert fits.tail_window_pixels == TAIL_WINDOW_PIXELS  # the tail runs fastest in sub-tiles
     budget = 40 * MB
     grid = plan_tiles(x4plus, 300, 400, memory_bytes=budget).grid
     rows, columns = len(grid.rows), len(grid.columns)
