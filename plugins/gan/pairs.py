@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,8 +106,10 @@ def write_png(tensor: torch.Tensor, path: Path) -> None:
 
     pixels = (tensor[0].clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.stem + ".part.png")
-    Image.fromarray(pixels).save(partial)
+    # Named per process (two runs filling one folder write the same pixels, never one file), and
+    # not as an image, so that what a killed run leaves is never read as a pair.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
+    Image.fromarray(pixels).save(partial, format="PNG")
     partial.replace(path)
 
 
