@@ -202,8 +202,9 @@ def pairs(
     out: Path = typer.Option(None, help="Where the pairs go (default: the user cache's pairs/)."),
     per_photo: int = typer.Option(2, min=1, help="Samples per photo (with --style mixture, each its own)."),
     size: int = typer.Option(384, min=64, max=2048, help="Short side of the pairs in pixels."),
-    style: str = typer.Option("school", help="school: one style, the mean of the school's paintings (what a "
-                              "student can learn); mixture: a random mixture of them per sample."),
+    style: str = typer.Option("school", help="school: one style, the mean of the school's paintings (a target "
+                              "the student can learn sharply; muted for a school of many different "
+                              "paintings); mixture: a random mixture of them per sample."),
 ) -> None:
     """Renders (photo, painted photo) pairs with the fast-style teacher (keeps pairs already made)."""
     from artchain.core.errors import ArtchainError

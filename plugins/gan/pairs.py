@@ -6,8 +6,9 @@ For each photo of the dataset (`scripts/training_data.py`) and each of `per_phot
 paints the photo with a style vector read from the school's paintings (several square crops of each):
 with `style="school"` the mean of them all, one style for the whole school; with `style="mixture"` a
 random convex mixture (Dirichlet weights) drawn per sample. The school's mean is what a student can
-learn: it sees only the photo, so with a different mixture per sample L1 pulls it to the average of
-the teacher's renderings (washed-out colours, softened strokes). The pairs are
+learn sharply: it sees only the photo, so with a different mixture per sample L1 pulls it to the
+average of the teacher's renderings (softened strokes). The mean of many different paintings is a
+muted style, though (ten Van Goghs average to a greyer one), so "mixture" stays available. The pairs are
 written as `<out>/<school>/source/<stem>.png` and `<out>/<school>/target/<stem>.png`, which is what
 `artchain train paired` and `artchain train pix2pix` read (pairs matched by name). Existing pairs are
 kept, so an interrupted run continues; every sample draws from its own seeded generator, so a pair
