@@ -37,11 +37,11 @@ from PIL import Image
 from artchain.core import imageio
 from artchain.core.precision import BF16_CPU_FLAGS, cpu_flags, cpu_has_fast_bf16, precision_name
 from artchain.core.processor import StepContext
-from artchain.core.tiling import plan_grid, tiled_apply, window_length
+from artchain.core.tiling import plan_grid, window_length
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import MB, EsrganProcessor
 from artchain.plugins.esrgan.model import ConcatWorkspace, LoadedModel
-from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, upscale
+from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, tail_in_sub_tiles, upscale
 from artchain.plugins.esrgan.ncnn_convert import wheel_model_files
 from artchain.plugins.esrgan.tests.ncnn_runtime import NcnnUpscaler
 
@@ -325,26 +325,15 @@ def parts(store: WeightStore, rounds: int) -> None:
                          "artchain's runner": lambda: runner(features, ConcatWorkspace(features))}
                 torch.testing.assert_close(block["artchain's runner"](), block["spandrel's module"](),
                                            rtol=0, atol=0)
-                tail = {"one piece": lambda: _tail(stages, features, height * width),
-                        f"sub-tiles of {TAIL_WINDOW_PIXELS} px": lambda: _tail(stages, features, TAIL_WINDOW_PIXELS)}
+                tail = {"one piece": lambda: tail_in_sub_tiles(model, features, height * width, torch.uint8),
+                        f"sub-tiles of {TAIL_WINDOW_PIXELS} px":
+                            lambda: tail_in_sub_tiles(model, features, TAIL_WINDOW_PIXELS, torch.uint8)}
                 for part, contestants in (("RRDB block", block), ("tail", tail)):
                     (slow, slow_faults), (fast, fast_faults) = _best_of(contestants, rounds).values()
                     names = list(contestants)
                     print(f"{label} {width}x{height} {precision_name(model.dtype)} {part}: {names[0]} "
                           f"{slow * 1000:.0f} ms ({slow_faults} page faults), {names[1]} {fast * 1000:.0f} ms "
                           f"({fast_faults}): {slow / fast:.2f}x")
-
-
-def _tail(stages, features: torch.Tensor, window_pixels: int) -> torch.Tensor:
-    height, width = features.shape[-2:]
-    grid = plan_grid(height, width, max_window_pixels=window_pixels, overlap=stages.tail_context)
-    output = torch.empty((1, 3, height * 4, width * 4), dtype=features.dtype)
-    return tiled_apply(features, lambda job: stages.tail(job.window)[..., _times4(job.rows), _times4(job.columns)],
-                       scale=4, grid=grid, output=output)
-
-
-def _times4(span: slice) -> slice:
-    return slice(span.start * 4, span.stop * 4)
 
 
 def _best_of(contestants: dict, rounds: int) -> dict:

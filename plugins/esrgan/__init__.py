@@ -32,11 +32,11 @@ WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
 # show at 400 % zoom. 48 px (3/255) would cost a 3840x2160 photo 1.20x its pixels instead of 1.13x.
 DEFAULT_OVERLAP = 32
 MAX_OVERLAP = 64
-# Working memory for activations, on top of the input and the uint8 result. x4plus needs 896 bytes
-# per pixel in bf16 and 1792 in fp32: a 768x512 photo runs whole in bf16 (640x480 in fp32), a
+# Working memory for activations, on top of the input and the uint8 result. x4plus needs 1024 bytes
+# per pixel in bf16 and 2048 in fp32: a 768x512 photo runs whole in bf16 (640x480 in fp32), a
 # 3840x2160 one in bf16 in 15 tiles of 820x763 px that compute 1.13x its pixels. The whole process
-# must stay under 2 GB on 4K (`benchmarks/esrgan.py --rss-4k`, peak from VmHWM): 704 MB peaked at
-# 2.004 GB, because the x4 uint8 result (398 MB) becomes resident as the tiles fill it.
+# must stay under 2 GB on 4K (`benchmarks/esrgan.py --rss-4k`, peak from VmHWM): 640 MB peaked at
+# 1.96 GB, 704 MB at 2.004 GB, because the x4 uint8 result (398 MB) becomes resident as the tiles fill it.
 DEFAULT_MEMORY_MB = 640
 # Enough for the smallest tiles of x4plus at MAX_OVERLAP in fp32; checked before any work.
 MIN_MEMORY_MB = 64

