@@ -18,7 +18,11 @@ _TRAINING_OPTIONS = {
     "seed": (int, typer.Option(0, help="Seed for initialisation, crops and the image pool.")),
     "export": (Path, typer.Option(None, help="Where to write the fp16 safetensors (default: OUT/ID.safetensors).")),
     "note": (str, typer.Option("", help="What the data is; goes into the manifest entry's provenance.")),
-    "bf16": (bool, typer.Option(False, help="Autocast the training steps to bfloat16 (fast on AVX512-BF16/AMX CPUs).")),
+    "bf16": (bool, typer.Option(False, help="Autocast the training steps to bfloat16 (fast on AVX512-BF16/AMX CPUs "
+                                            "and on GPUs).")),
+    "max_minutes": (float, typer.Option(0.0, min=0.0, help="Stop after this many minutes of this run, checkpointed "
+                                                            "and exported (0 = no limit); the same command resumes.")),
+    "device": (str, typer.Option("cpu", help="Where to train: cpu, cuda, cuda:N, or auto (a GPU where there is one).")),
     "init": (Path, typer.Option(None, help="Start from this generator export or run checkpoint.pt (same network "
                                            "and width) instead of random weights, e.g. another style's.")),
     "install": (bool, typer.Option(True, help="At the end, install the export as a style of your own under its "
@@ -53,18 +57,27 @@ def _with_options(*groups: dict):
 
 
 def _train_options(weight_id: str, out: Path | None, width: int, crop: int, options: dict):
+    from artchain.core.engine import pick_device
+    from artchain.core.errors import ArtchainError
+
     from .training import TrainOptions
 
+    try:
+        device = str(pick_device(options["device"]))
+    except ArtchainError as exc:
+        typer.echo(f"error: --device: {exc}", err=True)
+        raise typer.Exit(2) from None
     return TrainOptions(weight_id, out or Path("runs") / weight_id, options["iterations"], width, crop,
                         options["batch_size"], options["lr"], options["sample_every"], options["checkpoint_every"],
-                        options["seed"], options["export"], options["note"], options["bf16"], options["init"])
+                        options["seed"], options["export"], options["note"], options["bf16"], options["init"],
+                        device, options["max_minutes"])
 
 
 # Blocks at 1/4, 1/8 and 1/16 of the crop: strokes, edges, and shapes of a few strokes.
 FEATURE_LAYERS = ("block_1", "block_3", "block_5")
 
 
-def _feature_loss(ctx: typer.Context, weight: float):
+def _feature_loss(ctx: typer.Context, weight: float, device: str):
     if weight == 0:
         return None
     import torch
@@ -73,7 +86,7 @@ def _feature_loss(ctx: typer.Context, weight: float):
 
     from .training import FeatureLoss
 
-    network = load_feature_net("efficientnet-lite0", ctx.obj().store, torch.device("cpu"))
+    network = load_feature_net("efficientnet-lite0", ctx.obj().store, torch.device(device))
     return FeatureLoss(network, FEATURE_LAYERS, weight, "EfficientNet-Lite0 " + ", ".join(FEATURE_LAYERS))
 
 
@@ -190,7 +203,8 @@ def _train_paired(ctx: typer.Context, network, network_name: str, style: str, so
 
     _run(ctx, lambda generator: PairedTrainer(source, target, train_options, generator, options["l1_weight"],
                                               grayscale, network=network, keep_scale=options["keep_scale"],
-                                              features=_feature_loss(ctx, options["feature_weight"]),
+                                              features=_feature_loss(ctx, options["feature_weight"],
+                                                                     train_options.device),
                                               lattice_weight=options["lattice_weight"]),
          train_options, (style, network_name, options["description"], options["install"]), source.parent)
 

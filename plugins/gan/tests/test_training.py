@@ -120,6 +120,42 @@ def test_pix2pix_l1_falls_on_a_learnable_mapping(tmp_path):
     assert mean(l1[-5:]) < 0.8 * mean(l1[:5])
 
 
+def test_a_time_limit_stops_the_run_exported_with_the_iterations_it_reached_and_it_resumes(tmp_path):
+    write_images(tmp_path / "source", 256, 2)
+    write_images(tmp_path / "target", 256, 2, transform=lambda image: 1 - image)
+    options = TrainOptions("pix2pix-neon", tmp_path / "run", iterations=10_000, width=4, crop=256,
+                           sample_every=1000, checkpoint_every=1000, max_minutes=0.02)
+
+    def trainer():
+        return PairedTrainer(tmp_path / "source", tmp_path / "target", options, seeded_generator(0))
+
+    stopped = train(trainer(), options, console=quiet())
+    reached = len(stopped.losses)
+    assert 0 < reached < 10_000
+    assert f"{reached} iterations" in stopped.manifest_entry["provenance"]
+    from safetensors import safe_open
+
+    with safe_open(str(stopped.export), "pt") as exported:
+        assert exported.metadata()["iterations"] == str(reached)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == reached, "the stop is checkpointed"
+    options.max_minutes, options.iterations = 0, reached + 2
+    assert len(train(trainer(), options, console=quiet()).losses) == 2, "the same run resumes"
+
+
+def test_a_device_that_cannot_train_is_refused_before_any_work(tmp_path):
+    from artchain.adapters import cli
+
+    write_images(tmp_path / "source", 256, 1)
+    cli._load_plugin_commands()
+    result = CliRunner().invoke(cli.app, [
+        "train", "pix2pix", "--source", str(tmp_path / "source"), "--target", str(tmp_path / "source"),
+        "--out", str(tmp_path / "run"), "--device", "gpu0", "--no-install"])
+    assert result.exit_code == 2
+    assert "error: --device: device 'gpu0': use auto, cpu, cuda or cuda:N" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_unusable_training_data_is_reported_clearly(tmp_path):
     write_images(tmp_path / "source", 256, 1)
     (tmp_path / "empty").mkdir()
