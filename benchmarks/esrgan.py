@@ -17,10 +17,15 @@ load; the ratios within one run are the result.
   --parts    instead: the two choices inside a pass against their plain alternatives, on each
              photo's features: an RRDB block with a fresh tensor per concatenation (spandrel's
              module) or a reused workspace, and the upsampling tail in one piece or in sub-tiles
+  --gpu      instead, on a CUDA GPU: a 1920x1080 photo through the esrgan step as the engine runs it
+             (defaults), against the plain whole-image fp16 forward that Real-ESRGAN's inference
+             script runs (model.half(), NCHW, one pass); images/s, the ratio, the achieved TFLOP/s
+             against the GPU's measured fp16 matrix roof, and the PSNR between the two
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import resource
@@ -41,7 +46,8 @@ from artchain.core.tiling import plan_grid, window_length
 from artchain.core.weights import WeightStore
 from artchain.plugins.esrgan import MB, EsrganProcessor
 from artchain.plugins.esrgan.model import ConcatWorkspace, LoadedModel
-from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, tail_in_sub_tiles, upscale
+from artchain.plugins.esrgan.upscale import (TAIL_WINDOW_PIXELS, plan_tiles, tail_in_sub_tiles, upscale,
+                                             working_memory)
 from artchain.plugins.esrgan.ncnn_convert import wheel_model_files
 from artchain.plugins.esrgan.tests.ncnn_runtime import NcnnUpscaler
 
@@ -53,6 +59,7 @@ FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", *sorted(BF16_CPU_FLAGS), "amx_t
 # 384x384 is about 8 GB for ncnn; a 768x512 photo in one piece (20 GB) was killed by the kernel here.
 NCNN_WHOLE_PIXELS = 384 * 384
 NCNN_TILE_PAD = 10
+CPU = torch.device("cpu")
 TARGETS = {"vs_ncnn_bf16": 1.8, "vs_ncnn_fp32": 1.2, "overhead_4k": 1.15, "rss_gb": 2.0, "psnr_db": 40.0}
 
 
@@ -74,11 +81,11 @@ def weight_store(cache: Path) -> WeightStore:
 
 def load(store: WeightStore, precision: str) -> LoadedModel:
     return EsrganProcessor().load(EsrganProcessor.parse_params({"precision": precision}), store,
-                                  torch.device("cpu"))
+                                  CPU)
 
 
 def run_step(batch: torch.Tensor, model: LoadedModel, params: dict) -> tuple[float, torch.Tensor]:
-    context = StepContext(torch.device("cpu"), (batch.shape[-1], batch.shape[-2]))
+    context = StepContext(CPU, (batch.shape[-1], batch.shape[-2]))
     start = time.perf_counter()
     with torch.inference_mode():
         output = EsrganProcessor().process(batch, model, params, context)
@@ -102,6 +109,7 @@ def ncnn_seconds(ncnn: NcnnUpscaler, batch: torch.Tensor) -> tuple[float, float]
 def flop_per_input_pixel(model: LoadedModel) -> float:
     """Multiply-adds x 2 of every convolution, counted on the network itself."""
     total = 0
+    device = next(model.network.parameters()).device
 
     def count(module, inputs, output):
         nonlocal total
@@ -112,7 +120,7 @@ def flop_per_input_pixel(model: LoadedModel) -> float:
     hooks = [module.register_forward_hook(count) for module in model.network.modules()
              if isinstance(module, torch.nn.Conv2d)]
     with torch.inference_mode():
-        model.network(model.prepare(torch.rand(1, 3, side, side)))
+        model.network(model.prepare(torch.rand(1, 3, side, side, device=device)))
     for hook in hooks:
         hook.remove()
     return total / side ** 2
@@ -170,7 +178,8 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
     params = EsrganProcessor.parse_params({})
 
     def tiling(model: LoadedModel, height: int, width: int) -> tuple[int, float]:
-        grid = plan_tiles(model, height, width, memory_bytes=params["memory"] * MB, overlap=params["overlap"]).grid
+        grid = plan_tiles(model, height, width, memory_bytes=working_memory(params["memory"], CPU),
+                          overlap=params["overlap"]).grid
         return grid.count, grid.overhead
 
     for label, name, top, left, height, width in PHOTOS:
@@ -207,8 +216,10 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
         print(f"{label}: {precision_name(auto.dtype)} vs fp32 output PSNR {decibels:.1f} dB, "
               f"largest difference {largest}/255")
 
-    grid_4k = plan_tiles(auto, 2160, 3840, memory_bytes=params["memory"] * MB, overlap=params["overlap"]).grid
-    print(f"3840x2160 at the defaults (memory={params['memory']} MB, overlap={params['overlap']}): "
+    grid_4k = plan_tiles(auto, 2160, 3840, memory_bytes=working_memory(params["memory"], CPU),
+                         overlap=params["overlap"]).grid
+    print(f"3840x2160 at the defaults (memory {working_memory(params['memory'], CPU) // MB} MB on a CPU, "
+          f"overlap {params['overlap']}): "
           f"{grid_4k.count} tiles of {grid_4k.window[1]}x{grid_4k.window[0]} px, computed/kept "
           f"{grid_4k.overhead:.3f}")
 
@@ -336,6 +347,81 @@ def parts(store: WeightStore, rounds: int) -> None:
                           f"({fast_faults}): {slow / fast:.2f}x")
 
 
+GPU_PHOTO = ("coffee", 1080, 1920)  # skimage.data.coffee (400x600) scaled up: speed does not depend on content
+
+
+def gpu(store: WeightStore, rounds: int) -> None:
+    from artchain.plugins.esrgan.model import recognise
+
+    device = torch.device("cuda")
+    name, height, width = GPU_PHOTO
+
+    def scaled_photo(size: tuple[int, int]) -> torch.Tensor:
+        return torch.nn.functional.interpolate(photo(name, 0, 0, 400, 600).to(device), size=size,
+                                               mode="bicubic", align_corners=False).clamp_(0, 1)
+
+    batch = scaled_photo((height, width))
+    # What Real-ESRGAN's inference_realesrgan.py runs with its defaults on a GPU (tile 0, fp16).
+    plain = recognise(store.load("esrgan")).model.eval().half().to(device)
+    processor = EsrganProcessor()
+    steps = {"artchain step": EsrganProcessor.parse_params({}),
+             "artchain compile=true": EsrganProcessor.parse_params({"compile": True})}
+    models = {label: processor.load(params, store, device) for label, params in steps.items()}
+    context = StepContext(device, (width, height))
+
+    def step(label: str, image: torch.Tensor) -> torch.Tensor:
+        return processor.process(image, models[label], steps[label], context)
+
+    roof = _matmul_roof(device)
+    default = models["artchain step"]
+    flop = flop_per_input_pixel(default) * height * width
+    budget = working_memory(steps["artchain step"]["memory"], device)
+    grid = plan_tiles(default, height, width, memory_bytes=budget).grid
+    properties = torch.cuda.get_device_properties(device)
+    print(f"esrgan x4plus on a {width}x{height} photo ({flop / 1e12:.1f} TFLOP); {properties.name}, "
+          f"{properties.total_memory / 2 ** 30:.0f} GiB, torch {torch.__version__}, cuDNN "
+          f"{torch.backends.cudnn.version()}; fp16 matrix roof (8192^3 matmul) {roof / 1e12:.0f} TFLOP/s")
+    print(f"artchain: precision {precision_name(default.dtype)}, {grid.count} tile(s), computed/kept "
+          f"{grid.overhead:.2f}; median of {rounds} runs after a first one (compile=true compiles in its first); "
+          "PSNR of the uint8 result against the forward's, rounded\n")
+    print(f"{'contestant':<24}{'first s':>9}{'median s':>10}{'images/s':>10}{'TFLOP/s':>9}{'of roof':>9}"
+          f"{'vs forward':>12}{'PSNR dB':>9}", flush=True)
+    with torch.inference_mode():
+        reference = (plain(batch.half()).float().clamp_(0, 1) * 255).round_()
+        contestants = {"Real-ESRGAN forward": lambda: plain(batch.half()),
+                       **{label: functools.partial(step, label, batch) for label in steps}}
+        forward_seconds = None
+        for contestant, run in contestants.items():  # each row as it is measured: a compiler error comes last
+            first = _cuda_seconds(run)
+            seconds = sorted(_cuda_seconds(run) for _ in range(rounds))[rounds // 2]
+            forward_seconds = forward_seconds or seconds
+            decibels = f"{psnr(run().float(), reference):>9.1f}" if contestant in steps else f"{'-':>9}"
+            ratio = forward_seconds / seconds
+            goal = f" (goal 2x: {status(ratio / 2)})" if contestant in steps else ""
+            print(f"{contestant:<24}{first:>9.3f}{seconds:>10.3f}{1 / seconds:>10.2f}{flop / seconds / 1e12:>9.0f}"
+                  f"{flop / seconds / roof:>9.0%}{ratio:>11.2f}x{decibels}{goal}", flush=True)
+        other_size = scaled_photo((720, 1280))
+        other_first = _cuda_seconds(lambda: step("artchain compile=true", other_size))
+        print(f"compile=true, its first 1280x720 photo after the 1920x1080 ones: {other_first:.3f} s (no new "
+              "compilation when this is near 0.44x the 1920x1080 median)")
+
+
+def _cuda_seconds(run) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1000
+
+
+def _matmul_roof(device: torch.device) -> float:
+    first, second = (torch.randn(8192, 8192, device=device, dtype=torch.float16) for _ in range(2))
+    first @ second
+    best = min(_cuda_seconds(lambda: first @ second) for _ in range(10))
+    return 2 * 8192 ** 3 / best
+
+
 def _best_of(contestants: dict, rounds: int) -> dict:
     """Per contestant, its fastest (seconds, page faults) over rounds that run them in turn."""
     best = {contestant: (float("inf"), 0) for contestant in contestants}
@@ -360,6 +446,8 @@ def main() -> None:
     parser.add_argument("--seams", action="store_true", help="seam deviation per overlap instead")
     parser.add_argument("--parts", action="store_true", help="the dense blocks' workspace and the tail's "
                         "sub-tiles against their plain alternatives, instead")
+    parser.add_argument("--gpu", action="store_true", help="a 1920x1080 photo on the GPU against Real-ESRGAN's "
+                        "plain fp16 forward, instead")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "artchain-bench")
     parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -368,7 +456,9 @@ def main() -> None:
         rss_child(args.cache, args.threads)
         return
     store = weight_store(args.cache)
-    if args.seams:
+    if args.gpu:
+        gpu(store, max(args.rounds, 10))
+    elif args.seams:
         seams(store, [16, 24, 32, 48])
     elif args.parts:
         parts(store, max(args.rounds, 3))

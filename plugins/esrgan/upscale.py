@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from artchain.core.errors import ImageError
 from artchain.core.tiling import Grid, TileJob, TilingError, fixed_grid, plan_grid, tiled_apply
 
-from . import DEFAULT_MEMORY_MB, DEFAULT_OVERLAP, MB
+from . import DEFAULT_MEMORY_MB, DEFAULT_OVERLAP, GPU_MEMORY_SHARE, MB
 from .model import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 # and in fp32, and as fast on a 384x384 one, for 3 % more work at the sub-tiles' borders
 # (`python benchmarks/esrgan.py --parts`).
 TAIL_WINDOW_PIXELS = 200 * 200
+
+
+def working_memory(megabytes: int, device: torch.device) -> int:
+    """Bytes of activations the tiles may take: `megabytes` when given, else the CPU default or
+    GPU_MEMORY_SHARE of what the GPU has free now."""
+    if megabytes:
+        return megabytes * MB
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_MEMORY_SHARE)
+    return DEFAULT_MEMORY_MB * MB
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,7 @@ def upscale(batch: torch.Tensor, model: LoadedModel, *, memory_bytes: int = DEFA
                          dtype=output_dtype, device=batch.device, memory_format=torch.channels_last)
 
     def whole_network(job: TileJob) -> torch.Tensor:
-        result = model.network(model.prepare(job.window))
+        result = model(model.prepare(job.window))
         return _to_output(result[..., _scaled(job.rows, scale), _scaled(job.columns, scale)], output_dtype)
 
     def trunk_then_tail(job: TileJob) -> torch.Tensor:

@@ -3,6 +3,7 @@ larger ones in the largest tiles its memory budget allows without visible seams,
 the CPU has it and stays faithful to fp32, and beats bicubic on a real photo."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,9 +16,9 @@ from artchain.core.errors import Cancelled, ChainError, ImageError, WeightsError
 from artchain.core.processor import CancelToken, StepContext
 from artchain.core.tiling import plan_grid, tiled_apply, window_length
 from artchain.core.weights import WeightStore
-from artchain.plugins.esrgan import DEFAULT_MEMORY_MB, MB, EsrganProcessor, artchain_processors
-from artchain.plugins.esrgan.model import build_model
-from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, upscale
+from artchain.plugins.esrgan import DEFAULT_MEMORY_MB, GPU_MEMORY_SHARE, MB, EsrganProcessor, artchain_processors
+from artchain.plugins.esrgan.model import build_model, measure_costs
+from artchain.plugins.esrgan.upscale import TAIL_WINDOW_PIXELS, plan_tiles, upscale, working_memory
 from support import shared_file
 
 from .conftest import photo, skimage_photo
@@ -186,13 +187,42 @@ def test_an_image_beyond_the_budget_is_refused_with_the_memory_it_needs(x4plus):
 
 
 @pytest.mark.parametrize("given,message", [
-    ({"memory": "32"}, "parameter memory must be >= 64"),
+    ({"memory": "-1"}, "parameter memory must be >= 0"),
     ({"overlap": "80"}, "parameter overlap must be <= 64"),
     ({"precision": "int8"}, "parameter precision must be one of auto, fp32, bf16, fp16"),
 ])
 def test_settings_that_cannot_work_are_refused_when_the_chain_is_parsed(given, message):
     with pytest.raises(ChainError, match=message):
         EsrganProcessor.parse_params(given)
+
+
+def test_a_budget_too_small_for_any_tile_is_refused_when_the_chain_is_parsed():
+    with pytest.raises(ChainError, match=r"^esrgan: memory must be 0 \(automatic\) or at least 64 MB, got 32$"):
+        EsrganProcessor.check(EsrganProcessor.parse_params({"memory": 32}))
+    EsrganProcessor.check(EsrganProcessor.parse_params({"memory": 0}))
+
+
+def test_the_automatic_budget_is_the_cpu_default_or_most_of_the_gpus_free_memory(monkeypatch):
+    assert working_memory(0, torch.device("cpu")) == DEFAULT_MEMORY_MB * MB
+    assert working_memory(100, torch.device("cpu")) == 100 * MB
+    free = 10 * 1024 * MB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 8 * free))
+    assert working_memory(0, torch.device("cuda")) == int(free * GPU_MEMORY_SHARE)
+    assert working_memory(100, torch.device("cuda")) == 100 * MB  # the user's figure wins
+
+
+def test_compile_is_refused_off_a_gpu_before_the_weights_are_read():
+    with pytest.raises(ChainError, match=r"^esrgan: compile=true is for a CUDA GPU, not cpu$"):
+        EsrganProcessor().load(EsrganProcessor.parse_params({"compile": True}), None, torch.device("cpu"))
+
+
+def test_the_whole_network_path_that_a_gpu_takes_equals_the_stages(x4plus):
+    image = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(7))
+    whole = dataclasses.replace(x4plus, stages=None)
+    whole.costs = measure_costs(whole, torch.device("cpu"))
+    assert whole.costs.window > x4plus.costs.window  # one pass holds the x4 tail's tensors too
+    assert torch.equal(upscale(image, whole, output_dtype=torch.uint8),
+                       upscale(image, x4plus, output_dtype=torch.uint8))
 
 
 def test_a_tile_not_larger_than_twice_the_overlap_is_refused_when_the_chain_is_parsed():
