@@ -60,18 +60,8 @@ def test_styled_visibly_keeping_the_subject(styled, processor_name):
         assert quality.edge_correlation(out, reference) > 0.3, f"{name}: the subject's outlines are lost"
 
 
-# Open: neon on the rocket measures 2.56 against the photo's 1.19. The teacher's own targets for that
-# photo measure 1.18, and the student's excess is a row alternation of at most 0.01 confined to the
-# launch pad's lit rails in a dark frame (so the reference lines hold little energy), invisible at
-# 1:1. Strict, so a fix shows up as a pass that must drop the mark.
-FAINT_LATTICE = {("pix2pix-neon", "rocket")}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("processor_name, photo_name", [
-    pytest.param(processor, name, marks=pytest.mark.xfail(strict=True, reason="faint lattice, see FAINT_LATTICE"))
-    if (processor, name) in FAINT_LATTICE else (processor, name)
-    for processor in SCHOOL for name in PHOTOS])
+@pytest.mark.parametrize("processor_name, photo_name", [(processor, name) for processor in SCHOOL for name in PHOTOS])
 def test_no_two_pixel_lattice(styled, processor_name, photo_name):
     """The seeds' outputs measure 1.15-1.27 on their photo; the earlier demo weights 2.4-19."""
     out, reference = styled[processor_name, photo_name]
@@ -88,6 +78,10 @@ def test_the_four_styles_differ(styled):
         assert difference / len(PHOTOS) > 0.04, f"{first} and {second} look alike"
 
 
+# The expressionism demo weights learned one Van Gogh, not the mean of ten (weights.yaml, README).
+LEARNED_FROM = {"cyclegan-expressionism": {"vincent-van-gogh_the-starry-night.jpg"}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("processor_name", SCHOOL)
 def test_colours_move_toward_the_schools_paintings(styled, processor_name):
@@ -98,7 +92,8 @@ def test_colours_move_toward_the_schools_paintings(styled, processor_name):
     folder = default_dataset_dir() / "paintings" / SCHOOL[processor_name]
     if not folder.is_dir():
         pytest.skip(f"{folder}: no paintings; run `python scripts/training_data.py`")
-    school = torch.stack([quality.colour_moments(read_rgb(path)) for path in image_files(folder)]).mean(0)
+    paintings = [path for path in image_files(folder) if path.name in LEARNED_FROM.get(processor_name, {path.name})]
+    school = torch.stack([quality.colour_moments(read_rgb(path)) for path in paintings]).mean(0)
     closer = 0
     for name in PHOTOS:
         out, reference = styled[processor_name, name]
