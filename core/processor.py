@@ -50,6 +50,7 @@ class Param:
     min: float | None = None
     max: float | None = None
     multiple: bool = False  # an ImageFile parameter that takes several files joined by "+"
+    automatic: Any = None  # a value meaning "chosen at run time", accepted outside min and max
 
     def __post_init__(self) -> None:
         if self.type not in _PARAM_TYPES:
@@ -71,10 +72,13 @@ class Param:
             raise ValueError(f"must be a finite number, got {raw!r}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"must be one of {', '.join(map(str, self.choices))}")
+        if self.automatic is not None and value == self.automatic:
+            return value
+        or_automatic = "" if self.automatic is None else f" (or {self.automatic}: automatic)"
         if self.min is not None and value < self.min:
-            raise ValueError(f"must be >= {self.min:g}")
+            raise ValueError(f"must be >= {self.min:g}{or_automatic}")
         if self.max is not None and value > self.max:
-            raise ValueError(f"must be <= {self.max:g}")
+            raise ValueError(f"must be <= {self.max:g}{or_automatic}")
         return value
 
     def _convert(self, raw: Any) -> Any:

@@ -113,6 +113,13 @@ def test_non_finite_numbers_are_refused():
             Param("x", float, 0.0).parse(text)
 
 
+def test_an_automatic_value_is_accepted_outside_the_range_and_named_in_the_error():
+    memory = Param("memory", int, 0, min=64, automatic=0)
+    assert memory.parse("0") == 0 and memory.parse("64") == 64
+    with pytest.raises(ValueError, match=r"^must be >= 64 \(or 0: automatic\)$"):
+        memory.parse("32")
+
+
 def test_param_types():
     assert Param("on", bool, False).parse("yes") is True
     assert Param("n", float, 0.0).parse("2.5") == 2.5

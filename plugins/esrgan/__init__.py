@@ -55,7 +55,7 @@ class EsrganProcessor(Processor):
     params = (
         Param("memory", int, 0, "working memory in MB for the network's activations; picks the tiles (a "
               f"photo that fits runs whole); 0 = automatic: {DEFAULT_MEMORY_MB} on a CPU, "
-              f"{GPU_MEMORY_SHARE:.0%} of a GPU's free memory", min=0),
+              f"{GPU_MEMORY_SHARE:.0%} of a GPU's free memory", min=MIN_MEMORY_MB, automatic=0),
         Param("tile", int, 0, "fixed input tile side in pixels instead; 0 = chosen from memory", min=0),
         Param("overlap", int, DEFAULT_OVERLAP, "context pixels a tile sees beyond each seam",
               min=0, max=MAX_OVERLAP),
@@ -72,9 +72,6 @@ class EsrganProcessor(Processor):
 
     @classmethod
     def check(cls, params: dict[str, Any]) -> None:
-        if 0 < params["memory"] < MIN_MEMORY_MB:
-            raise ChainError(f"esrgan: memory must be 0 (automatic) or at least {MIN_MEMORY_MB} MB, "
-                             f"got {params['memory']}")
         if 0 < params["tile"] <= 2 * params["overlap"]:
             raise ChainError(f"esrgan: tile ({params['tile']}) must be larger than twice the overlap "
                              f"({params['overlap']})")
