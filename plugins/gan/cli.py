@@ -37,6 +37,9 @@ _PAIRED_OPTIONS = {
                                                               "that keeps the target's strokes sharp; 0 = off.")),
     "lattice_weight": (float, typer.Option(0.0, min=0.0, help="Weight of a penalty on any 2-pixel lattice "
                                                               "the result holds beyond the target's; 0 = off.")),
+    "lattice_reference": (str, typer.Option("target", help="What the lattice penalty counts beyond: target (the "
+                                                           "teacher's painting) or source (the photo, which "
+                                                           "also removes a lattice the teacher prints).")),
     "keep_scale": (bool, typer.Option(False, help="Crop the pairs at their own resolution (pairs from `train pairs` "
                                                   "are made at the working resolution) instead of scaling them to "
                                                   "the crop.")),
@@ -205,7 +208,8 @@ def _train_paired(ctx: typer.Context, network, network_name: str, style: str, so
                                               grayscale, network=network, keep_scale=options["keep_scale"],
                                               features=_feature_loss(ctx, options["feature_weight"],
                                                                      train_options.device),
-                                              lattice_weight=options["lattice_weight"]),
+                                              lattice_weight=options["lattice_weight"],
+                                              lattice_reference=options["lattice_reference"]),
          train_options, (style, network_name, options["description"], options["install"]), source.parent)
 
 

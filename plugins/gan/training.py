@@ -29,6 +29,9 @@ from .networks import (CycleUNet, PatchDiscriminator, Pix2PixUNet, init_gan_weig
                        init_upsampling_without_lattice, tie_upsampling_phases)
 from .processors import to_grayscale_rgb
 
+# What the lattice penalty measures the result against: the teacher's target, or the source photo
+# (where the teacher's own rendering holds a lattice, only the latter removes it).
+LATTICE_REFERENCES = ("target", "source")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 CHECKPOINT = "checkpoint.pt"
 
@@ -282,7 +285,8 @@ class PairedTrainer(GanTrainer):
     def __init__(self, source: Path, target: Path, options: TrainOptions, generator: torch.Generator,
                  l1_weight: float = 100.0, grayscale_source: bool = True,
                  network: type[CycleUNet] | type[Pix2PixUNet] = Pix2PixUNet, keep_scale: bool = False,
-                 features: "FeatureLoss | None" = None, lattice_weight: float = 0.0) -> None:
+                 features: "FeatureLoss | None" = None, lattice_weight: float = 0.0,
+                 lattice_reference: str = "target") -> None:
         _check_crop(options.crop, network.size_multiple)
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
         self.method_note = ", transposed-convolution phases tied after every step (no 2-px lattice)"
@@ -302,8 +306,13 @@ class PairedTrainer(GanTrainer):
         self.grayscale_source = grayscale_source
         self.loss_weights = {"L1": l1_weight}
         self.features = features
+        if lattice_reference not in LATTICE_REFERENCES:
+            raise TrainingError(f"lattice reference {lattice_reference!r}: choose {' or '.join(LATTICE_REFERENCES)}")
+        self.lattice_reference = lattice_reference
         if lattice_weight:
             self.loss_weights["lattice"] = lattice_weight
+            if lattice_reference == "source":
+                self.method_note += ", lattice counted beyond the source photo's"
         if features is not None:
             self.loss_weights["feature"] = features.weight
             self.method_note += f", feature loss on {features.name}"
@@ -333,7 +342,7 @@ class PairedTrainer(GanTrainer):
         generator_loss = adversarial + self.loss_weights["L1"] * l1
         losses = {"G": adversarial.item(), "L1": l1.item(), "D": critic_loss.item()}
         if "lattice" in self.loss_weights:
-            lattice = lattice_excess(fake, target)
+            lattice = lattice_excess(fake, source if self.lattice_reference == "source" else target)
             generator_loss = generator_loss + self.loss_weights["lattice"] * lattice
             losses["lattice"] = lattice.item()
         if self.features is not None:

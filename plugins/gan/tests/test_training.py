@@ -327,3 +327,24 @@ def test_feature_and_lattice_terms_join_the_paired_objective(tmp_path):
     assert mean(feature[-5:]) < 0.9 * mean(feature[:3])
     provenance = result.manifest_entry["provenance"]
     assert "L1 100, lattice 100, feature 10" in provenance and "feature loss on EfficientNet-Lite0" in provenance
+
+
+def test_the_lattice_penalty_counts_beyond_the_target_or_the_source_photo(tmp_path):
+    from artchain.plugins.gan.networks import CycleUNet
+
+    lattice = np.zeros((32, 32, 1), np.float32)
+    lattice[::2, ::2] = 0.4  # a teacher that prints a lattice
+    write_images(tmp_path / "source", 32, 2)
+    write_images(tmp_path / "target", 32, 2, transform=lambda image: image * 0.6 + lattice)
+    options = TrainOptions("cyclegan-x", tmp_path / "run", iterations=1, width=4, crop=32)
+    penalties = {}
+    for reference in ("target", "source"):
+        trainer = PairedTrainer(tmp_path / "source", tmp_path / "target", options, seeded_generator(0),
+                                grayscale_source=False, network=CycleUNet, lattice_weight=100,
+                                lattice_reference=reference)
+        penalties[reference] = trainer.step()["lattice"]
+    # The untrained result holds less lattice than the teacher's target but more than the photo.
+    assert penalties["target"] == 0 < penalties["source"]
+    with pytest.raises(TrainingError, match="lattice reference 'photo': choose target or source"):
+        PairedTrainer(tmp_path / "source", tmp_path / "target", options, seeded_generator(0),
+                      network=CycleUNet, lattice_weight=100, lattice_reference="photo")
