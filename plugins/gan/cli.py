@@ -220,6 +220,8 @@ def pairs(
     out: Path = typer.Option(None, help="Where the pairs go (default: the user cache's pairs/)."),
     per_photo: int = typer.Option(2, min=1, help="Samples per photo (with --style mixture, each its own)."),
     size: int = typer.Option(384, min=64, max=2048, help="Short side of the pairs in pixels."),
+    painting: list[str] = typer.Option(None, "--painting", help="Take the style only from this painting of the "
+                                       "school (a file name in DATA/paintings/SCHOOL); repeat for several."),
     style: str = typer.Option("school", help="school: one style, the mean of the school's paintings (a target "
                               "the student can learn sharply; muted for a school of many different "
                               "paintings); mixture: a random mixture of them per sample."),
@@ -233,7 +235,7 @@ def pairs(
     try:
         record = make_pairs(data or default_dataset_dir(), out or default_pairs_dir(), school, per_photo, size,
                             progress=lambda done, total: typer.echo(f"\r{done}/{total} photos", nl=False),
-                            style=style)
+                            style=style, chosen=tuple(painting or ()))
     except ArtchainError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

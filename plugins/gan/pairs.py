@@ -128,9 +128,11 @@ def _sample_seed(school: str, stem: str) -> int:
 
 
 def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_side: int = 384,
-               teacher: Teacher | None = None, progress=None, style: str = "school") -> dict:
+               teacher: Teacher | None = None, progress=None, style: str = "school",
+               chosen: tuple[str, ...] = ()) -> dict:
     """Writes the missing pairs of `school` and `pairs.json` (what made them); returns that record.
-    A folder keeps the style it was made with: asking for the other one is an error, not a mix."""
+    `chosen`: file names of the school's paintings to take the style from (default: all of them).
+    A folder keeps the style and paintings it was made with: asking for others is an error, not a mix."""
     if style not in STYLE_NOTES:
         raise PairsError(f"style {style!r}: choose one of {', '.join(STYLE_NOTES)}")
     photos_dir, paintings_dir = dataset / "photos", dataset / "paintings" / school
@@ -140,9 +142,9 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
             raise PairsError(f"{needed}: missing; run `python scripts/training_data.py` first")
     from .training import image_files
 
-    photos, paintings = image_files(photos_dir), image_files(paintings_dir)
+    photos, paintings = image_files(photos_dir), _chosen_paintings(image_files(paintings_dir), chosen)
     folder = out / school
-    _check_same_style(folder, style)
+    _check_same_style(folder, style, paintings)
     teacher = teacher or Teacher.from_store()
     sources = json.loads(sources_file.read_text(encoding="utf-8"))["files"]
     style_generator = torch.Generator().manual_seed(_sample_seed(school, "styles"))
@@ -191,12 +193,26 @@ def _random_mixture(bank: torch.Tensor, seed: int) -> torch.Tensor:
     return ((weights / weights.sum())[:, None] * bank[torch.arange(bank.shape[0]), crops]).sum(0)
 
 
-def _check_same_style(folder: Path, style: str) -> None:
+def _chosen_paintings(paintings: list[Path], chosen: tuple[str, ...]) -> list[Path]:
+    unknown = sorted(set(chosen) - {path.name for path in paintings})
+    if unknown:
+        raise PairsError(f"no painting {', '.join(unknown)} in {paintings[0].parent}; it holds "
+                         f"{', '.join(path.name for path in paintings)}")
+    return [path for path in paintings if not chosen or path.name in chosen]
+
+
+def _check_same_style(folder: Path, style: str, paintings: list[Path]) -> None:
     record = _read_record(folder)
-    made_with = record.get("style", "mixture") if record else style
+    if record is None:
+        return
+    made_with = record.get("style", "mixture")
     if made_with != style:
         raise PairsError(f"{folder}: its pairs were made with --style {made_with}; "
                          f"use another --out for --style {style}")
+    painted_from = [painting.get("file") for painting in record.get("paintings", [])]
+    if painted_from != [path.name for path in paintings]:
+        raise PairsError(f"{folder}: its pairs were painted from {', '.join(map(str, painted_from))}; "
+                         "use another --out for other paintings")
 
 
 def _read_record(folder: Path) -> dict | None:

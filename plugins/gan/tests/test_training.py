@@ -183,12 +183,13 @@ def tiny_dataset(tmp_path):
 
     from skimage import data
 
-    for folder, names in (("photos", ("astronaut", "coffee", "rocket")), ("paintings/cubism", ("chelsea",))):
+    for folder, names in (("photos", ("astronaut", "coffee", "rocket")), ("paintings/cubism", ("chelsea", "coffee"))):
         (tmp_path / "data" / folder).mkdir(parents=True)
         for name in names:
             Image.fromarray(getattr(data, name)()).save(tmp_path / "data" / folder / f"{name}.png")
     (tmp_path / "data" / "sources.json").write_text(json.dumps({"files": {
-        "paintings/cubism/chelsea.png": {"artist": "Stefan van der Walt", "title": "Chelsea", "licence": "CC0"}}}))
+        "paintings/cubism/chelsea.png": {"artist": "Stefan van der Walt", "title": "Chelsea", "licence": "CC0"},
+        "paintings/cubism/coffee.png": {"artist": "Rachel Michetti", "title": "Coffee", "licence": "CC0"}}}))
     return tmp_path / "data"
 
 
@@ -221,6 +222,14 @@ def test_teacher_pairs_then_paired_training_of_the_seed_network(tmp_path, tiny_d
     assert np.array_equal(first, second) and np.abs(first.astype(np.float32) - np.asarray(
         Image.open(pairs / "target" / "astronaut_0.png"), dtype=np.float32)).mean() > 1
     assert "the school's style" in pairs_note(tmp_path / "school" / "cubism")
+    # One painting of the school, and a folder keeps the paintings it was made with.
+    one = make_pairs(tiny_dataset, tmp_path / "one", "cubism", per_photo=1, short_side=48, teacher=teacher,
+                     chosen=("coffee.png",))
+    assert [painting["title"] for painting in one["paintings"]] == ["Coffee"] and one["written"] == 3
+    with pytest.raises(PairsError, match=r"painted from coffee.png; use another --out for other paintings$"):
+        make_pairs(tiny_dataset, tmp_path / "one", "cubism", per_photo=1, short_side=48, teacher=teacher)
+    with pytest.raises(PairsError, match=r"^no painting starry.png in .*cubism; it holds chelsea.png, coffee.png$"):
+        make_pairs(tiny_dataset, tmp_path / "one", "cubism", teacher=teacher, chosen=("starry.png",))
 
     options = TrainOptions("cyclegan-cubism", tmp_path / "run", iterations=40, width=4, crop=32, lr=2e-3,
                            sample_every=40, checkpoint_every=20, bf16=True)
