@@ -176,10 +176,10 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
           f"{'tiles':>7}{'computed/kept':>15}")
     ratios, checks, ncnn_tiled = {}, [], False
     params = EsrganProcessor.parse_params({})
+    budget = working_memory(params["memory"], CPU)
 
     def tiling(model: LoadedModel, height: int, width: int) -> tuple[int, float]:
-        grid = plan_tiles(model, height, width, memory_bytes=working_memory(params["memory"], CPU),
-                          overlap=params["overlap"]).grid
+        grid = plan_tiles(model, height, width, memory_bytes=budget, overlap=params["overlap"]).grid
         return grid.count, grid.overhead
 
     for label, name, top, left, height, width in PHOTOS:
@@ -216,9 +216,8 @@ def benchmark(args: argparse.Namespace, store: WeightStore) -> None:
         print(f"{label}: {precision_name(auto.dtype)} vs fp32 output PSNR {decibels:.1f} dB, "
               f"largest difference {largest}/255")
 
-    grid_4k = plan_tiles(auto, 2160, 3840, memory_bytes=working_memory(params["memory"], CPU),
-                         overlap=params["overlap"]).grid
-    print(f"3840x2160 at the defaults (memory {working_memory(params['memory'], CPU) // MB} MB on a CPU, "
+    grid_4k = plan_tiles(auto, 2160, 3840, memory_bytes=budget, overlap=params["overlap"]).grid
+    print(f"3840x2160 at the defaults (memory {budget // MB} MB on a CPU, "
           f"overlap {params['overlap']}): "
           f"{grid_4k.count} tiles of {grid_4k.window[1]}x{grid_4k.window[0]} px, computed/kept "
           f"{grid_4k.overhead:.3f}")

@@ -144,7 +144,7 @@ def make_pairs(dataset: Path, out: Path, school: str, per_photo: int = 2, short_
 
     photos, paintings = image_files(photos_dir), _chosen_paintings(image_files(paintings_dir), chosen)
     folder = out / school
-    _check_same_style(folder, style, paintings)
+    _check_folder_made_alike(folder, style, paintings)
     teacher = teacher or Teacher.from_store()
     sources = json.loads(sources_file.read_text(encoding="utf-8"))["files"]
     style_generator = torch.Generator().manual_seed(_sample_seed(school, "styles"))
@@ -201,7 +201,7 @@ def _chosen_paintings(paintings: list[Path], chosen: tuple[str, ...]) -> list[Pa
     return [path for path in paintings if not chosen or path.name in chosen]
 
 
-def _check_same_style(folder: Path, style: str, paintings: list[Path]) -> None:
+def _check_folder_made_alike(folder: Path, style: str, paintings: list[Path]) -> None:
     record = _read_record(folder)
     if record is None:
         return

@@ -288,6 +288,8 @@ class PairedTrainer(GanTrainer):
                  features: "FeatureLoss | None" = None, lattice_weight: float = 0.0,
                  lattice_reference: str = "target") -> None:
         _check_crop(options.crop, network.size_multiple)
+        if lattice_reference not in LATTICE_REFERENCES:
+            raise TrainingError(f"lattice reference {lattice_reference!r}: choose {' or '.join(LATTICE_REFERENCES)}")
         self.kind = "pix2pix" if network is Pix2PixUNet else "paired"
         self.method_note = ", transposed-convolution phases tied after every step (no 2-px lattice)"
         self.options = options
@@ -306,8 +308,6 @@ class PairedTrainer(GanTrainer):
         self.grayscale_source = grayscale_source
         self.loss_weights = {"L1": l1_weight}
         self.features = features
-        if lattice_reference not in LATTICE_REFERENCES:
-            raise TrainingError(f"lattice reference {lattice_reference!r}: choose {' or '.join(LATTICE_REFERENCES)}")
         self.lattice_reference = lattice_reference
         if lattice_weight:
             self.loss_weights["lattice"] = lattice_weight
