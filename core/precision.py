@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ChainError
+from .processor import Param
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 # Names, not dtypes, at import: a processor lists them as parameter choices without loading torch.
 PRECISION_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 PRECISION_CHOICES = ("auto", *PRECISION_NAMES)
+# The one `precision` step parameter of every processor that offers a choice (resolve_precision reads it).
+PRECISION_PARAM = Param("precision", str, "auto", "auto = fp16 on a GPU, bf16 on a CPU with bf16 instructions, "
+                        "else fp32; fp32 gives the full-precision result", choices=PRECISION_CHOICES)
 
 
 def precision_dtype(name: str) -> torch.dtype:

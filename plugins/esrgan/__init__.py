@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from artchain.core.errors import ChainError
 from artchain.core.hookspecs import hookimpl
-from artchain.core.precision import PRECISION_CHOICES
+from artchain.core.precision import PRECISION_PARAM
 from artchain.core.processor import Param, Processor, StepContext
 
 if TYPE_CHECKING:
@@ -61,8 +61,7 @@ class EsrganProcessor(Processor):
               min=0, max=MAX_OVERLAP),
         Param("max_side", int, 0, "first shrink the input so its longer side is at most this many pixels "
               "(0 = never)", min=0),
-        Param("precision", str, "auto", "auto = bf16 on a CPU with bf16 instructions, else fp32; fp16 on GPU",
-              choices=PRECISION_CHOICES),
+        PRECISION_PARAM,
         Param("weights", str, "esrgan", "weight id to load", choices=WEIGHT_IDS),
         Param("compile", bool, False, "CUDA GPU: run the network through torch.compile (about 2.5 minutes once "
               "per process, then 1.95x Real-ESRGAN's own speed instead of 1.3x): for a bot or a worker, not "

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from artchain.core.errors import ImageError
 from artchain.core.hookspecs import hookimpl
+from artchain.core.precision import PRECISION_PARAM
 from artchain.core.processor import ImageFile, InputNeeds, Param, Processor, StepContext
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class FastStyle(Processor):
               f"input's own, up to {MAX_SIDE}", min=0, max=MAX_SIDE),
         Param("preserve_colour", bool, False, "keep the photo's colours, take the style's light and "
               "texture"),
+        PRECISION_PARAM,
     )
     needs = InputNeeds(min_side=MIN_SIDE)
     weights = (WEIGHT_ID,)
@@ -57,10 +59,13 @@ class FastStyle(Processor):
                 raise ImageError(f"{picture.name}: {width}x{height} is too small for a style image (it needs at "
                                  f"least {MIN_STYLE_SIDE} px on each side)")
 
+    def model_key(self, params: dict[str, Any]) -> tuple:
+        return (params["precision"],)
+
     def load(self, params: dict[str, Any], store, device: torch.device) -> FastStyleModel:
         from .stylise import load_model
 
-        return load_model(store, device)
+        return load_model(store, device, params["precision"])
 
     def process(self, batch: torch.Tensor, model: FastStyleModel, params: dict[str, Any],
                 ctx: StepContext) -> torch.Tensor:

@@ -84,10 +84,10 @@ def stylise(model: FastStyleModel, content: torch.Tensor, style: torch.Tensor, c
     return crop_to(output, size)
 
 
-def load_model(store, device: torch.device) -> FastStyleModel:
+def load_model(store, device: torch.device, precision: str) -> FastStyleModel:
     # Measured on a 2-core AVX512-BF16 CPU (benchmarks/fast_style.py): bf16 is 1.5-2x faster than
     # float32 at 46-48 dB PSNR against it; the norms' statistics stay float32 (NormStatistics).
-    dtype = resolve_precision("auto", device, frozenset({torch.bfloat16, torch.float16}), who="fast-style")
+    dtype = resolve_precision(precision, device, frozenset({torch.bfloat16, torch.float16}), who="fast-style")
     networks = build_networks(store.load(WEIGHT_ID), device)
     # channels_last: with 3 to 32 channels oneDNN's convolutions run faster in it (the whole
     # transformer up to 1.4x, measured in both dtypes). The predictor runs once per style at 256x256 and stays float32.

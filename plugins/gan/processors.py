@@ -8,6 +8,12 @@ for a chain that upscales next (`pix2pix-neon:output=working,esrgan,resize-back`
 works on the small image). Images are run one at a time and the working resolution is capped, which
 bounds memory on big inputs.
 
+Precision: `auto` (core.precision's policy) runs the generator in bf16 on a CPU with bf16 instructions
+and in fp16 on a GPU. On a 2-core AVX512-BF16 CPU a width-32 CycleGAN UNet ran 2.5x faster at
+320x320 and 1.8x at 1024x1024 in bf16 channels_last, at 59-61 dB PSNR of the fp32 result (in fp32,
+channels_last was 0.91x NCHW there, so fp32 keeps NCHW); neon's generator 1.4x at 256 and 2.3x at
+1024, in NCHW. `precision=fp32` gives the seeds' own numbers.
+
 pix2pix-neon and BatchNorm: the seed ran its generator in training mode, as the pix2pix paper does
 (BatchNorm normalises with the image's own statistics, dropout stays on as the noise source). Its
 weights were only ever judged that way, so that is the default here, `mode=paper`; the dropout masks
@@ -21,6 +27,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from artchain.core.errors import ImageError
+from artchain.core.precision import PRECISION_PARAM
 from artchain.core.processor import InputNeeds, Param, Processor, StepContext
 
 if TYPE_CHECKING:
@@ -72,13 +79,27 @@ class GanStyle(Processor):
 
         networks.check_generator_state(state, getattr(networks, self.network_name))
 
+    def model_key(self, params: dict[str, Any]) -> tuple:
+        return (params["precision"],)
+
     def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
+        import torch
+
+        from artchain.core.precision import resolve_precision
+
         from . import networks
 
+        dtype = resolve_precision(params["precision"], device, frozenset({torch.bfloat16, torch.float16}),
+                                  who=self.name)
         model = networks.generator_from_state_dict(store.load(self.weights[0]),
                                                    getattr(networks, self.network_name))
         model.requires_grad_(False)
-        return model.to(device).eval()
+        return model.to(device=device, dtype=dtype, memory_format=self.memory_format(dtype)).eval()
+
+    def memory_format(self, dtype: "torch.dtype") -> "torch.memory_format":
+        import torch
+
+        return torch.contiguous_format if dtype == torch.float32 else torch.channels_last
 
     def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
         return image
@@ -98,6 +119,7 @@ class GanStyle(Processor):
             raise ImageError(f"{self.name}: image is {width}x{height}; both sides must be at least "
                              f"{MIN_SIDE} pixels")
         target_h, target_w = working_size(height, width, params["size"])
+        dtype = next(model.parameters()).dtype
         multiple = model.size_multiple
         padded_pixels = -(-target_h // multiple) * multiple * (-(-target_w // multiple) * multiple)
         if min(target_h, target_w) < MIN_SIDE or padded_pixels > MAX_WORKING_PIXELS:
@@ -109,8 +131,9 @@ class GanStyle(Processor):
             ctx.cancel.check()
             image = resize(self.prepare_input(batch[index:index + 1]), target_h, target_w)
             padded, size = pad_to_multiple(image, model.size_multiple)
+            network_input = (padded * 2 - 1).to(dtype, memory_format=self.memory_format(dtype))
             with torch.inference_mode():
-                styled = self.run_network(model, padded * 2 - 1, params, ctx)
+                styled = self.run_network(model, network_input, params, ctx).float()
             styled = crop_to((styled + 1) / 2, size)
             if params["output"] == "input":
                 styled = resize(styled, height, width)
@@ -120,7 +143,7 @@ class GanStyle(Processor):
 
 
 class _CycleGanStyle(GanStyle):
-    params = (_size_param(320), OUTPUT_PARAM)
+    params = (_size_param(320), OUTPUT_PARAM, PRECISION_PARAM)
     style_network = "cyclegan"
 
 
@@ -158,10 +181,11 @@ class Pix2PixNeon(GanStyle):
         Param("mode", str, "paper", choices=("paper", "eval"),
               help="paper: BatchNorm on the image's own statistics and seeded dropout, as the seed "
                    "and the pix2pix paper ran it; eval: stored running statistics, no dropout"),
+        PRECISION_PARAM,
     )
 
     def model_key(self, params: dict[str, Any]) -> tuple:
-        return (params["mode"],)
+        return (params["mode"], params["precision"])
 
     def load(self, params: dict[str, Any], store: "WeightStore", device: "torch.device") -> Any:
         import torch
@@ -173,6 +197,13 @@ class Pix2PixNeon(GanStyle):
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.momentum = 0.0  # training mode must not drift the cached model's statistics
         return model
+
+    def memory_format(self, dtype: "torch.dtype") -> "torch.memory_format":
+        import torch
+
+        # Dropout draws its mask in memory order: in channels_last the same seed would drop other
+        # units (29.7 dB PSNR against NCHW), in NCHW bf16 stays at 55 dB of fp32 and 2.3x faster at 1024 px.
+        return torch.contiguous_format
 
     def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
         return to_grayscale_rgb(image)

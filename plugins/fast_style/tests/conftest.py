@@ -38,7 +38,7 @@ def store(tmp_path_factory, wheel) -> WeightStore:
 
 @pytest.fixture(scope="session")
 def model(store):
-    return FastStyle().load({}, store, torch.device("cpu"))
+    return FastStyle().load({"precision": "auto"}, store, torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")

@@ -129,10 +129,9 @@ def test_a_style_image_too_small_is_named_before_any_work(tmp_path, store, small
 def test_bfloat16_stays_faithful(store, small_photo, seed_style):
     """The CPU path picks bfloat16 where the CPU has it natively; it must look like float32."""
     results = []
-    for dtype in (torch.float32, torch.bfloat16):
-        model = FastStyle().load({}, store, torch.device("cpu"))
-        model.networks.transformer.set_precision(dtype, torch.channels_last)
-        results.append(run(FastStyleModel(model.networks, dtype), small_photo, (seed_style,)))
+    for precision in ("fp32", "bf16"):
+        model = FastStyle().load({"precision": precision}, store, torch.device("cpu"))
+        results.append(run(model, small_photo, (seed_style,)))
     assert psnr(results[1], results[0]) > 40
 
 

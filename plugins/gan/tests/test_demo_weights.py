@@ -70,6 +70,21 @@ def test_no_two_pixel_lattice(styled, processor_name, photo_name):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processor_name", SCHOOL)
+def test_bf16_stays_faithful_to_fp32(processor_name):
+    """What precision=auto runs on a CPU with bf16 instructions must look like the fp32 result."""
+    processor = next(processor for processor in PROCESSORS if processor.name == processor_name)()
+    store, image = WeightStore(), photo("astronaut")
+    results = []
+    for precision in ("fp32", "bf16"):
+        params = processor.parse_params({"precision": precision})
+        model = processor.load(params, store, CPU)
+        results.append(processor.process(image, model, params, StepContext(CPU, image.shape[-1:-3:-1])))
+    decibels = 10 * torch.log10(1 / (results[1] - results[0]).double().pow(2).mean()).item()
+    assert decibels >= 40, f"bf16 vs fp32 PSNR {decibels:.1f} dB"
+
+
+@pytest.mark.slow
 def test_the_four_styles_differ(styled):
     for first, second in itertools.combinations(SCHOOL, 2):
         # neon works at 256 px, the painting styles at 320: compared at the photo's resolution

@@ -9,7 +9,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from artchain.core.errors import ImageError
+from artchain.core import precision
+from artchain.core.errors import ChainError, ImageError
 from artchain.core.imageops import resize
 from artchain.core.processor import StepContext
 from artchain.core.weights import WeightStore
@@ -50,7 +51,7 @@ def tiny_cyclegan(tmp_path_factory):
 def test_own_format_loads_with_width_from_shapes(tiny_cyclegan):
     model, store = tiny_cyclegan
     processor = CycleGanExpressionism()
-    params = processor.parse_params({"size": 32})
+    params = processor.parse_params({"size": 32, "precision": "fp32"})
     loaded = processor.load(params, store, CPU)
     assert loaded.init_nc == 4
     image = gradient_image(32, 48)
@@ -75,6 +76,25 @@ def test_output_keeps_the_input_size_and_the_working_resolution_is_internal(tiny
     assert min(working.shape[-2:]) == 64  # short side 64, aspect kept
     assert abs(working.shape[-2] / working.shape[-1] - height / width) < 0.02
     assert torch.allclose(out, resize(working, height, width).clamp(0, 1))
+
+
+@pytest.mark.parametrize("fast_bf16,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_precision_auto_follows_what_the_cpu_reports(monkeypatch, caplog, tiny_cyclegan, fast_bf16, dtype):
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast_bf16)
+    _, store = tiny_cyclegan
+    processor = CycleGanExpressionism()
+    params = processor.parse_params({"size": 32})
+    with caplog.at_level("INFO", logger="artchain.core.precision"):
+        loaded = processor.load(params, store, CPU)
+    assert next(loaded.parameters()).dtype == dtype
+    assert f"cyclegan-expressionism: precision auto -> {precision.precision_name(dtype)} on cpu" in caplog.text
+    out = processor.process(gradient_image(32, 48), loaded, params, StepContext(CPU, (48, 32)))
+    assert out.dtype == torch.float32 and out.shape == (1, 3, 32, 48) and out.std() > 0.01
+
+
+def test_an_unknown_precision_is_refused_when_the_chain_is_parsed():
+    with pytest.raises(ChainError, match="parameter precision must be one of auto, fp32, bf16, fp16"):
+        Pix2PixNeon.parse_params({"precision": "int8"})
 
 
 @pytest.mark.parametrize("processor_class", PROCESSORS)

@@ -126,7 +126,7 @@ def test_cyclegan_seed_checkpoint_matches_reference(tmp_path):
     checkpoint = {"B2A_gen_state_dict": generator_state, "A2B_gen_state_dict": {}, "epoch": 12}
     store = store_with_import(tmp_path, checkpoint, "cubism.tar", "cyclegan-cubism")
     processor = CycleGanCubism()
-    params = processor.parse_params({"size": 64})
+    params = processor.parse_params({"size": 64, "precision": "fp32"})  # the seed's own numbers
     model = processor.load(params, store, CPU)
     assert sum(p.numel() for p in model.parameters()) == spec["params"]
 
@@ -143,7 +143,7 @@ def test_cyclegan_seed_checkpoint_matches_reference(tmp_path):
 def test_pix2pix_seed_checkpoint_matches_reference(pix2pix_seed, mode):
     state, store = pix2pix_seed
     processor = Pix2PixNeon()
-    params = processor.parse_params({"size": 256, "mode": mode})
+    params = processor.parse_params({"size": 256, "mode": mode, "precision": "fp32"})  # the seed's own numbers
     model = processor.load(params, store, CPU)
 
     image = photo(256, 256)
