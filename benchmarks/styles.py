@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="run on the first CUDA GPU instead of the CPU")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--step", action="append", help="only this step (repeatable; default: all)")
     args = parser.parse_args()
     if args.gpu and not torch.cuda.is_available():
         raise SystemExit("--gpu: torch sees no CUDA GPU here")
@@ -80,7 +81,11 @@ def main() -> None:
     print(f"{machine(device, args.threads)}; a {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo, default parameters, "
           f"{'median' if args.gpu else 'best'} of {args.rounds} rounds after a first\n")
     print(f"{'step':<24}{'auto is':>9}{'fp32 s':>9}{'auto s':>9}{'speed-up':>10}{'PSNR dB':>9}")
-    for processor in (*(style_class() for style_class in GAN_STYLES), FastStyle()):
+    processors = [processor_class() for processor_class in (*GAN_STYLES, FastStyle)]
+    unknown = set(args.step or ()) - {processor.name for processor in processors}
+    if unknown:
+        raise SystemExit(f"--step: no style step named {', '.join(sorted(unknown))}")
+    for processor in (processor for processor in processors if not args.step or processor.name in args.step):
         runs, results, dtypes = {}, {}, {}
         for precision in ("fp32", "auto"):
             given = {"precision": precision, **({"style": "retina.png"} if processor.name == "fast-style" else {})}

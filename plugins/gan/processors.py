@@ -11,8 +11,10 @@ bounds memory on big inputs.
 Precision: `auto` (core.precision's policy) runs the generator in bf16 on a CPU with bf16 instructions
 and in fp16 on a GPU. On a 2-core AVX512-BF16 CPU a width-32 CycleGAN UNet ran 2.5x faster at
 320x320 and 1.8x at 1024x1024 in bf16 channels_last, at 59-61 dB PSNR of the fp32 result (in fp32,
-channels_last was 0.91x NCHW there, so fp32 keeps NCHW); neon's generator 1.4x at 256 and 2.3x at
-1024, in NCHW. `precision=fp32` gives the seeds' own numbers.
+channels_last was 0.91x NCHW there, so fp32 keeps NCHW); neon's generator 1.9x at 256 and 2.8x at
+1024, though its whole step at the default size gains little (resizing the photo dominates; all
+whole-step figures: `python benchmarks/styles.py`). Neon's dropout drops the units fp32 would (networks.MaskedAsFloat32Dropout), so its result
+stays a rounding away from fp32's. `precision=fp32` gives the seeds' own numbers.
 
 pix2pix-neon and BatchNorm: the seed ran its generator in training mode, as the pix2pix paper does
 (BatchNorm normalises with the image's own statistics, dropout stays on as the noise source). Its
@@ -197,13 +199,6 @@ class Pix2PixNeon(GanStyle):
                 if isinstance(module, torch.nn.BatchNorm2d):
                     module.momentum = 0.0  # training mode must not drift the cached model's statistics
         return model
-
-    def memory_format(self, dtype: "torch.dtype") -> "torch.memory_format":
-        import torch
-
-        # Dropout draws its mask in memory order: in channels_last the same seed would drop other
-        # units (29.7 dB PSNR against NCHW), in NCHW bf16 stays at 55 dB of fp32 and 2.3x faster at 1024 px.
-        return torch.contiguous_format
 
     def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
         return to_grayscale_rgb(image)

@@ -15,7 +15,7 @@ from artchain.core.imageops import resize
 from artchain.core.processor import StepContext
 from artchain.core.weights import WeightStore
 from artchain.plugins import gan
-from artchain.plugins.gan.networks import CycleUNet, Pix2PixUNet
+from artchain.plugins.gan.networks import CycleUNet, MaskedAsFloat32Dropout, Pix2PixUNet
 from artchain.plugins.gan.processors import (MAX_WORKING_PIXELS, PROCESSORS, CycleGanExpressionism,
                                              Pix2PixNeon, working_size)
 from artchain.plugins.gan.training import export_generator, manifest_entry
@@ -90,6 +90,22 @@ def test_precision_auto_follows_what_the_cpu_reports(monkeypatch, caplog, tiny_c
     assert f"cyclegan-expressionism: precision auto -> {precision.precision_name(dtype)} on cpu" in caplog.text
     out = processor.process(gradient_image(32, 48), loaded, params, StepContext(CPU, (48, 32)))
     assert out.dtype == torch.float32 and out.shape == (1, 3, 32, 48) and out.std() > 0.01
+
+
+@pytest.mark.parametrize("dtype,memory_format", [(torch.bfloat16, torch.contiguous_format),
+                                                 (torch.bfloat16, torch.channels_last),
+                                                 (torch.float32, torch.channels_last)])
+def test_dropout_drops_the_units_float32_would_in_any_precision_and_layout(dtype, memory_format):
+    activations = torch.rand(2, 8, 6, 10) + 0.5
+    dropout = MaskedAsFloat32Dropout(0.5)
+    torch.manual_seed(3)
+    expected = torch.nn.functional.dropout(activations, 0.5, training=True)  # what the seed's nn.Dropout drew
+    torch.manual_seed(3)
+    dropped = dropout(activations.to(dtype, memory_format=memory_format)).float()
+    assert torch.equal(dropped == 0, expected == 0) and 0.3 < (expected == 0).float().mean() < 0.7
+    assert torch.allclose(dropped, expected, rtol=1e-2)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(activations), expected), "float32 NCHW is plain dropout, as in the seed"
 
 
 def test_an_unknown_precision_is_refused_when_the_chain_is_parsed():
