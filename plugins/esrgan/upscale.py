@@ -13,7 +13,7 @@ from artchain.core.errors import ImageError
 from artchain.core.tiling import Grid, TileJob, TilingError, fixed_grid, plan_grid, tiled_apply
 
 from . import DEFAULT_MEMORY_MB, DEFAULT_OVERLAP, GPU_MEMORY_SHARE, MB
-from .model import LoadedModel
+from .model import LoadedModel, to_output
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,8 @@ def upscale(batch: torch.Tensor, model: LoadedModel, *, memory_bytes: int = DEFA
                          dtype=output_dtype, device=batch.device, memory_format=torch.channels_last)
 
     def whole_network(job: TileJob) -> torch.Tensor:
-        result = model(model.prepare(job.window))
-        return _to_output(result[..., _scaled(job.rows, scale), _scaled(job.columns, scale)], output_dtype)
+        result = model.upscaled(model.prepare(job.window), output_dtype)
+        return result[..., _scaled(job.rows, scale), _scaled(job.columns, scale)]
 
     def trunk_then_tail(job: TileJob) -> torch.Tensor:
         stages = model.stages
@@ -130,7 +130,7 @@ def tail_in_sub_tiles(model: LoadedModel, features: torch.Tensor, window_pixels:
 
     def tail(sub: TileJob) -> torch.Tensor:
         result = stages.tail(sub.window)
-        return _to_output(result[..., _scaled(sub.rows, scale), _scaled(sub.columns, scale)], output_dtype)
+        return to_output(result[..., _scaled(sub.rows, scale), _scaled(sub.columns, scale)], output_dtype)
 
     grid = plan_grid(*features.shape[-2:], max_window_pixels=window_pixels, overlap=stages.tail_context)
     return tiled_apply(features, tail, scale=scale, grid=grid, output=piece)
@@ -142,13 +142,6 @@ def _scaled(span: slice, scale: int) -> slice:
 
 def _with_context(span: slice, context: int, length: int) -> slice:
     return slice(max(span.start - context, 0), min(span.stop + context, length))
-
-
-def _to_output(result: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    values = result.float().clamp_(0.0, 1.0)
-    if dtype == torch.uint8:
-        return values.mul_(255).round_().to(torch.uint8)
-    return values.to(dtype)
 
 
 def _pad_to_requirements(batch: torch.Tensor, model: LoadedModel) -> torch.Tensor:
