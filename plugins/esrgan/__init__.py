@@ -63,8 +63,8 @@ class EsrganProcessor(Processor):
               "(0 = never)", min=0),
         PRECISION_PARAM,
         Param("weights", str, "esrgan", "weight id to load", choices=WEIGHT_IDS),
-        Param("compile", bool, False, "CUDA GPU: run the network through torch.compile (about 2.5 minutes once "
-              "per process, then 1.95x Real-ESRGAN's own speed instead of 1.3x): for a bot or a worker, not "
+        Param("compile", bool, False, "CUDA GPU: run the network through torch.compile (about 3 minutes once "
+              "per process, then 1.97x Real-ESRGAN's own speed instead of 1.3x): for a bot or a worker, not "
               "for one picture"),
     )
     weights = WEIGHT_IDS
