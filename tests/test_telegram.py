@@ -461,7 +461,9 @@ def test_the_bundled_presets_get_buttons_only_where_the_operator_keeps_them():
      "That picture is too small"),
     (ImageError("fast-style: style image is 8x8; it needs at least 64 px on each side"),
      "The style image is too small"),
-    (ImageError("esrgan: a 9000x9000 image needs at least 900 MB of working memory for its smallest tiles"),
+    (ImageError("esrgan: a 9000x9000 image needs at least 900 MB of memory for its result and its smallest "
+                "tiles"), "That picture is too large for me to process"),
+    (ImageError("esrgan: tiles of 1376x1532 px need at least 1547 MB of memory with the result; memory is 600 MB"),
      "That picture is too large for me to process"),
     (ImageError("resize:scale=9: would make a 9000x9000 image, over the limit of 50000000 pixels"),
      "The result would be too large"),

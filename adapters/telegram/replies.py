@@ -6,7 +6,7 @@ from artchain.core.errors import ArtchainError, ChainError, ImageError, WeightsE
 
 # An engine error's words (matched in order) -> the answer; {subject} names the picture.
 IMAGE_ANSWERS = (
-    (("working memory",), "{subject} is too large for me to process; please send a smaller one."),
+    (("MB of memory",), "{subject} is too large for me to process; please send a smaller one."),
     (("would make a",), "The result would be too large for me; please send a smaller picture."),
     (("too small", "must be at least", "px on each side"),
      "{subject} is too small for this style; please send a larger one."),

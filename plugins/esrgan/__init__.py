@@ -33,12 +33,13 @@ WEIGHT_IDS = ("esrgan", "esrgan-x4plus-pth")
 # show at 400 % zoom. 48 px (3/255) would cost a 3840x2160 photo 1.20x its pixels instead of 1.13x.
 DEFAULT_OVERLAP = 32
 MAX_OVERLAP = 64
-# Working memory for activations, on top of the input and the uint8 result. x4plus needs 1024 bytes
-# per pixel in bf16 and 2048 in fp32: a 768x512 photo runs whole in bf16 (640x480 in fp32), a
-# 3840x2160 one in bf16 in 15 tiles of 820x763 px that compute 1.13x its pixels. The whole process
-# must stay under 2 GB on 4K (`benchmarks/esrgan.py --rss-4k`, peak from VmHWM): 640 MB peaked at
-# 1.96 GB, 704 MB at 2.004 GB, because the x4 uint8 result (398 MB) becomes resident as the tiles fill it.
-DEFAULT_MEMORY_MB = 640
+# The step's memory: its x4 uint8 result and, in what is left, the network's activations (on top of
+# the input). x4plus needs 1024 bytes per pixel in bf16 and 2048 in fp32: a 768x512 photo runs whole
+# in either (its result takes 18 MB), a 3840x2160 one in bf16 in 15 tiles of 820x763 px that compute
+# 1.13x its pixels (its result takes 380 MB, leaving 640 for the tiles). The whole process must stay
+# under 2 GB on 4K (`benchmarks/esrgan.py --rss-4k`, peak from VmHWM): 640 MB of activations peaked at
+# 1.96 GB, 704 MB at 2.004 GB. A smaller photo's smaller result leaves its tiles more of the same total.
+DEFAULT_MEMORY_MB = 1020
 # Enough for the smallest tiles of x4plus at MAX_OVERLAP in fp32; checked before any work.
 MIN_MEMORY_MB = 64
 # On a GPU the default budget is this share of its free memory when the step runs: the rest is room
@@ -53,8 +54,8 @@ class EsrganProcessor(Processor):
     description = "super-resolution with an ESRGAN-family model (default Real-ESRGAN x4plus; scale from the weights)"
     aliases = ("upscale", "sr")
     params = (
-        Param("memory", int, 0, "working memory in MB for the network's activations; picks the tiles (a "
-              f"photo that fits runs whole); 0 = automatic: {DEFAULT_MEMORY_MB} on a CPU, "
+        Param("memory", int, 0, "memory in MB for the x4 result and the network's activations; picks the "
+              f"tiles (a photo that fits runs whole); 0 = automatic: {DEFAULT_MEMORY_MB} on a CPU, "
               f"{GPU_MEMORY_SHARE:.0%} of a GPU's free memory", min=MIN_MEMORY_MB, automatic=0),
         Param("tile", int, 0, "fixed input tile side in pixels instead; 0 = chosen from memory", min=0),
         Param("overlap", int, DEFAULT_OVERLAP, "context pixels a tile sees beyond each seam",

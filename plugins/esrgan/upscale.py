@@ -25,8 +25,8 @@ TAIL_WINDOW_PIXELS = 200 * 200
 
 
 def working_memory(megabytes: int, device: torch.device) -> int:
-    """Bytes of activations the tiles may take: `megabytes` when given, else the CPU default or
-    GPU_MEMORY_SHARE of what the GPU has free now."""
+    """Bytes the step may take for its result and the tiles' activations: `megabytes` when given,
+    else the CPU default or GPU_MEMORY_SHARE of what the GPU has free now."""
     if megabytes:
         return megabytes * MB
     if device.type == "cuda":
@@ -45,10 +45,13 @@ class TilePlan:
 
 def plan_tiles(model: LoadedModel, height: int, width: int, *, memory_bytes: int, tile: int = 0,
                overlap: int = DEFAULT_OVERLAP, output_dtype: torch.dtype = torch.uint8) -> TilePlan:
-    """The tiles for a (padded) height x width input within `memory_bytes` of activations, or the
-    user's fixed `tile`; raises ImageError with the memory the smallest tiles would need."""
+    """The tiles for a (padded) height x width input within `memory_bytes` for the whole x4 result
+    and the activations, or the user's fixed `tile`; raises ImageError with the memory the smallest
+    tiles would need."""
     costs = model.costs
-    # The kept result, plus its float copy while it is clamped and converted.
+    whole_result = height * width * model.scale ** 2 * 3 * output_dtype.itemsize
+    activation_bytes = memory_bytes - whole_result
+    # A tile's kept result, plus its float copy while it is clamped and converted.
     result = model.scale ** 2 * 3 * (output_dtype.itemsize + 4)
     held = costs.features + result  # per window pixel while the tail runs on the trunk's features
     per_window = max(costs.window, 2 * held) if model.stages else costs.window + result
@@ -56,22 +59,22 @@ def plan_tiles(model: LoadedModel, height: int, width: int, *, memory_bytes: int
         if tile:
             grid = _fixed_grid(height, width, tile, overlap, model.multiple_of)
         else:
-            grid = plan_grid(height, width, max_window_pixels=int(memory_bytes / per_window), overlap=overlap,
+            grid = plan_grid(height, width, max_window_pixels=int(activation_bytes / per_window), overlap=overlap,
                              multiple_of=model.multiple_of, minimum_side=model.minimum_side, square=model.square)
     except TilingError as exc:
-        needed = exc.window[0] * exc.window[1] * per_window
-        raise ImageError(f"esrgan: a {width}x{height} image needs at least {needed / MB:.0f} MB of working "
-                         f"memory for its smallest tiles ({exc.window[1]}x{exc.window[0]} px at overlap "
+        needed = whole_result + exc.window[0] * exc.window[1] * per_window
+        raise ImageError(f"esrgan: a {width}x{height} image needs at least {needed / MB:.0f} MB of memory for "
+                         f"its result and its smallest tiles ({exc.window[1]}x{exc.window[0]} px at overlap "
                          f"{overlap}); memory is {memory_bytes / MB:.0f} MB") from None
     if not model.stages:
         return TilePlan(grid, 0)
     window_pixels = grid.window[0] * grid.window[1]
-    tail_pixels = int((memory_bytes - window_pixels * held) / (costs.tail + result))
+    tail_pixels = int((activation_bytes - window_pixels * held) / (costs.tail + result))
     smallest_tail = (2 * model.stages.tail_context + 1) ** 2
     if tail_pixels < smallest_tail:
-        needed = window_pixels * held + smallest_tail * (costs.tail + result)
+        needed = whole_result + window_pixels * held + smallest_tail * (costs.tail + result)
         raise ImageError(f"esrgan: tiles of {grid.window[1]}x{grid.window[0]} px need at least "
-                         f"{needed / MB:.0f} MB of working memory; memory is {memory_bytes / MB:.0f} MB")
+                         f"{needed / MB:.0f} MB of memory with the result; memory is {memory_bytes / MB:.0f} MB")
     return TilePlan(grid, min(tail_pixels, TAIL_WINDOW_PIXELS))
 
 

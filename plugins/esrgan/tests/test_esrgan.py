@@ -143,29 +143,35 @@ def test_memory_per_pixel_is_measured_on_the_network(x4plus, x4plus_bf16):
     assert x4plus.costs.features == 64 * 4 and x4plus.costs.tail == 2 * x4plus_bf16.costs.tail
 
 
+def uint8_result_bytes(height: int, width: int) -> int:
+    return height * width * 4 ** 2 * 3
+
+
 def test_a_photo_that_fits_runs_whole_and_a_large_one_gets_the_largest_tiles(x4plus, x4plus_bf16):
-    for model, (height, width) in ((x4plus_bf16, (512, 768)), (x4plus, (480, 640))):
+    for model, (height, width) in ((x4plus_bf16, (768, 1024)), (x4plus, (512, 768))):
         fits = plan_tiles(model, height, width, memory_bytes=DEFAULT_MEMORY_MB * MB)
         assert fits.grid.count == 1 and fits.grid.overhead == 1.0
         assert fits.tail_window_pixels == TAIL_WINDOW_PIXELS  # the tail runs fastest in sub-tiles
     budget = 40 * MB
+    activations = budget - uint8_result_bytes(300, 400)  # the budget holds the whole result first
     grid = plan_tiles(x4plus, 300, 400, memory_bytes=budget).grid
     rows, columns = len(grid.rows), len(grid.columns)
-    assert grid.count > 1 and grid.window[0] * grid.window[1] * x4plus.costs.window <= budget
+    assert grid.count > 1 and grid.window[0] * grid.window[1] * x4plus.costs.window <= activations
     # The largest tiles: with one row or one column fewer, the windows would not fit.
     for fewer_rows, fewer_columns in ((rows - 1, columns), (rows, columns - 1)):
         if min(fewer_rows, fewer_columns) >= 1:
             larger = window_length(300, fewer_rows, 32) * window_length(400, fewer_columns, 32)
-            assert larger * x4plus.costs.window > budget
+            assert larger * x4plus.costs.window > activations
+    # A 4K photo's result takes 380 MB of the default: its tiles get the rest, and waste little.
     four_k = plan_tiles(x4plus_bf16, 2160, 3840, memory_bytes=DEFAULT_MEMORY_MB * MB)
-    assert four_k.grid.overhead <= 1.15
+    assert four_k.grid.count == 15 and four_k.grid.overhead <= 1.15
 
 
 @pytest.mark.slow
 def test_tiled_matches_untiled_near_the_seams_at_the_default_overlap(x4plus_auto):
     # A budget for windows of 48x110 px: three tiles, two seams through a real photo, tail sub-tiles.
     image = photo("nature_original.png")[..., 150:198, 100:292]
-    budget = int(x4plus_auto.costs.window * 48 * 110)
+    budget = int(x4plus_auto.costs.window * 48 * 110) + uint8_result_bytes(48, 192)
     plan = plan_tiles(x4plus_auto, 48, 192, memory_bytes=budget)
     assert plan.grid.count == 3
     tiled = upscale(image, x4plus_auto, memory_bytes=budget, output_dtype=torch.uint8).int()
@@ -177,13 +183,14 @@ def test_tiled_matches_untiled_near_the_seams_at_the_default_overlap(x4plus_auto
 
 
 def test_an_image_beyond_the_budget_is_refused_with_the_memory_it_needs(x4plus):
-    with pytest.raises(ImageError, match=r"^esrgan: a 4000x3000 image needs at least 8 MB of working memory "
-                                         r"for its smallest tiles \(65x65 px at overlap 32\); memory is 1 MB$"):
+    # The x4 result alone takes 549 MB; the smallest tiles 8 MB more.
+    with pytest.raises(ImageError, match=r"^esrgan: a 4000x3000 image needs at least 558 MB of memory for its "
+                                         r"result and its smallest tiles \(65x65 px at overlap 32\); memory is 1 MB$"):
         plan_tiles(x4plus, 3000, 4000, memory_bytes=1 * MB)
     # A fixed tile takes no advice from the budget; the tail's share then cannot fit.
-    with pytest.raises(ImageError, match=r"^esrgan: tiles of 1376x1532 px need at least 998 MB of working memory; "
-                                         r"memory is 64 MB$"):
-        plan_tiles(x4plus, 3000, 4000, memory_bytes=64 * MB, tile=2000)
+    with pytest.raises(ImageError, match=r"^esrgan: tiles of 1376x1532 px need at least 1547 MB of memory with the "
+                                         r"result; memory is 600 MB$"):
+        plan_tiles(x4plus, 3000, 4000, memory_bytes=600 * MB, tile=2000)
 
 
 @pytest.mark.parametrize("given,message", [
