@@ -13,8 +13,9 @@ and in fp16 on a GPU. On a 2-core AVX512-BF16 CPU a width-32 CycleGAN UNet ran 2
 320x320 and 1.8x at 1024x1024 in bf16 channels_last, at 59-61 dB PSNR of the fp32 result (in fp32,
 channels_last was 0.91x NCHW there, so fp32 keeps NCHW); neon's generator 1.9x at 256 and 2.8x at
 1024, though its whole step at the default size gains little (resizing the photo dominates; all
-whole-step figures: `python benchmarks/styles.py`). Neon's dropout drops the units fp32 would (networks.MaskedAsFloat32Dropout), so its result
-stays a rounding away from fp32's. `precision=fp32` gives the seeds' own numbers.
+whole-step figures: `python benchmarks/styles.py`). Neon's dropout drops the units fp32 would
+(networks.MaskedAsFloat32Dropout), so its result stays a rounding away from fp32's.
+`precision=fp32` gives the seeds' own numbers.
 
 pix2pix-neon and BatchNorm: the seed ran its generator in training mode, as the pix2pix paper does
 (BatchNorm normalises with the image's own statistics, dropout stays on as the noise source). Its
