@@ -21,14 +21,14 @@ import torch
 from PIL import Image
 
 from artchain.core import imageio
-from artchain.core.precision import BF16_CPU_FLAGS, cpu_flags, precision_name
+from artchain.core.precision import precision_name
 from artchain.core.processor import StepContext
 from artchain.core.weights import WeightStore
 from artchain.plugins.fast_style import FastStyle
 from artchain.plugins.gan.processors import PROCESSORS as GAN_STYLES
+from artchain.plugins.gan.training import hardware_note
 
 PHOTO_SIZE = (1280, 853)
-FLAGS_SHOWN = ("avx2", "avx512f", "avx512_vnni", *sorted(BF16_CPU_FLAGS), "amx_tile")
 MIN_PSNR = 40.0
 
 
@@ -37,15 +37,6 @@ def skimage_picture(name: str, size: tuple[int, int] | None = None) -> imageio.P
 
     image = Image.fromarray(getattr(data, name)()).convert("RGB")
     return imageio.Picture(image.resize(size, Image.Resampling.BICUBIC) if size else image, name=name)
-
-
-def machine(device: torch.device, threads: int) -> str:
-    if device.type == "cuda":
-        properties = torch.cuda.get_device_properties(device)
-        return f"{properties.name}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}"
-    flags = " ".join(flag for flag in FLAGS_SHOWN if flag in cpu_flags()) or "none of interest"
-    return (f"CPU, {threads} threads, torch {torch.__version__} (capability "
-            f"{torch.backends.cpu.get_cpu_capability()}); flags: {flags}")
 
 
 def seconds_of(run, device: torch.device) -> float:
@@ -78,7 +69,8 @@ def main() -> None:
     photo = imageio.to_tensor(skimage_picture("coffee", PHOTO_SIZE).rgb).to(device)
     style = (skimage_picture("retina"),)
     context = StepContext(device, PHOTO_SIZE)
-    print(f"{machine(device, args.threads)}; a {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo, default parameters, "
+    software = f"cuDNN {torch.backends.cudnn.version()}" if args.gpu else f"torch {torch.__version__}"
+    print(f"{hardware_note(str(device))}, {software}; a {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo, default parameters, "
           f"{'median' if args.gpu else 'best'} of {args.rounds} rounds after a first\n")
     print(f"{'step':<24}{'auto is':>9}{'fp32 s':>9}{'auto s':>9}{'speed-up':>10}{'PSNR dB':>9}")
     processors = [processor_class() for processor_class in (*GAN_STYLES, FastStyle)]
