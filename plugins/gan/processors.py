@@ -71,6 +71,13 @@ def to_grayscale_rgb(batch: "torch.Tensor") -> "torch.Tensor":
     return luma.expand(-1, 3, -1, -1)
 
 
+def _memory_format(dtype: "torch.dtype") -> "torch.memory_format":
+    """channels_last where the network runs in reduced precision (faster there); fp32 keeps NCHW."""
+    import torch
+
+    return torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+
+
 class GanStyle(Processor):
     """Shared inference of the GAN generators; subclasses name the network and the weight id."""
 
@@ -97,12 +104,7 @@ class GanStyle(Processor):
         model = networks.generator_from_state_dict(store.load(self.weights[0]),
                                                    getattr(networks, self.network_name))
         model.requires_grad_(False)
-        return model.to(device=device, dtype=dtype, memory_format=self.memory_format(dtype)).eval()
-
-    def memory_format(self, dtype: "torch.dtype") -> "torch.memory_format":
-        import torch
-
-        return torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+        return model.to(device=device, dtype=dtype, memory_format=_memory_format(dtype)).eval()
 
     def prepare_input(self, image: "torch.Tensor") -> "torch.Tensor":
         return image
@@ -134,7 +136,7 @@ class GanStyle(Processor):
             ctx.cancel.check()
             image = resize(self.prepare_input(batch[index:index + 1]), target_h, target_w)
             padded, size = pad_to_multiple(image, model.size_multiple)
-            network_input = (padded * 2 - 1).to(dtype, memory_format=self.memory_format(dtype))
+            network_input = (padded * 2 - 1).to(dtype, memory_format=_memory_format(dtype))
             with torch.inference_mode():
                 styled = self.run_network(model, network_input, params, ctx).float()
             styled = crop_to((styled + 1) / 2, size)
